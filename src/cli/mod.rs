@@ -1,0 +1,176 @@
+//! Command-line interface (clap derive). `main.rs` only calls [`run`].
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes are API: 0 ok, 1 checks failed / drift, 2 usage or input error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Failed = 1,
+    Input = 2,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  labforge check                       validate the spec in ./hosts
+  labforge plan --json prometheus      what would be rendered, built and deployed for one host
+  labforge render && git diff          render every artifact of the example lab
+  labforge render --check              exit 1 if committed renders drifted from the spec
+
+Exit codes: 0 ok, 1 checks failed or drift, 2 usage or input error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "labforge", version, about = "One spec for the homelab: render, build, flash, deploy and verify", after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The spec directory (every *.toml below it is one spec).
+    #[arg(long, global = true, default_value = "hosts", env = "LABFORGE_SPEC")]
+    pub spec: PathBuf,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct JsonFlag {
+    /// Machine-readable JSON on stdout (diagnostics and progress stay on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the spec: every problem at once, with file:line:col, rule id and fix.
+    #[command(
+        after_help = "Exit 0 when the spec is valid (warnings allowed), 2 when it has errors."
+    )]
+    Check {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print what labforge would render, build and deploy, per host (a pure dry-run).
+    #[command(
+        after_help = "The --json form is documented in docs/plan-json.md and stable within format_version."
+    )]
+    Plan {
+        #[command(flatten)]
+        json: JsonFlag,
+        /// Only these hosts (default: all).
+        hosts: Vec<String>,
+    },
+    /// Render artifacts (NixOS, cloud-init, Talos, Compose) from the spec.
+    Render {
+        /// Compare instead of writing: exit 1 and name every file that differs.
+        #[arg(long)]
+        check: bool,
+        /// Repository root for committed renders (default: the spec directory's parent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+        hosts: Vec<String>,
+    },
+    /// Build a host's bootable image.
+    Image {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Write an image to a block device, verified by read-back.
+    Flash {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Deploy hosts over SSH.
+    Deploy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Verify the hardening rules on live hosts over SSH.
+    Verify {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Rebuild a disposable host from nothing: image, boot, deploy, verify.
+    Rebuild {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Operator-validated gates (seed 001): show evidence, record the operator's sign-off.
+    Gate {
+        #[command(subcommand)]
+        action: GateAction,
+    },
+    /// The lab as a graph (Graphviz DOT): networks, hosts, stacks, clusters, mounts.
+    Graph,
+    /// The secrets store (age-encrypted, in secrets/ beside the spec).
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+    /// Shell completions for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (labforge.1 and one per subcommand) into a directory.
+    Man { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GateAction {
+    /// List gates and whether the operator has signed them off for the current spec.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show a gate's checklist and evidence commands.
+    Show { id: String },
+    /// Record the operator's sign-off. Interactive: the operator types the gate id to confirm.
+    Confirm {
+        id: String,
+        /// Who signs off (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// A note kept with the sign-off.
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Create an age identity for the operator (if none) and print its public key for site.age_recipients.
+    Init,
+    /// List secrets: every reference in the spec and whether the store or environment has a value.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Set a store secret's value from stdin.
+    Set { name: String },
+    /// Generate values for every `store` secret that has a generator and no value yet.
+    Generate,
+}
+
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                Exit::Input as i32
+            } else {
+                0
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match commands::dispatch(cli) {
+        Ok(code) => code as i32,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Input as i32
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! labforge: one spec for the homelab.
+//!
+//! Layers: [`spec`] (raw TOML → validated model), [`plan`] (model → serializable plan), `render` backends
+//! consume the plan; side effects live only in image, flash and deploy.
+
+pub mod cli;
+pub mod diag;
+pub mod spec;

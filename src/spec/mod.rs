@@ -1,0 +1,299 @@
+//! The spec: loading `hosts/*.toml`, merging the files, and validating into [`model::Spec`].
+
+pub mod model;
+pub mod raw;
+pub mod rules;
+pub mod source;
+mod validate;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use raw::{RawFile, S};
+use source::{FileId, Loc, SourceMap};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use model::Spec;
+
+/// A definition together with the file it came from.
+pub struct Def<T> {
+    pub file: FileId,
+    pub key: S<String>,
+    pub value: S<T>,
+}
+
+/// All spec files merged: one namespace per table, each entry remembering its file.
+#[derive(Default)]
+pub struct Merged {
+    pub site: Option<(FileId, S<raw::RawSite>)>,
+    pub networks: BTreeMap<String, Def<raw::RawNetwork>>,
+    pub roles: BTreeMap<String, Def<raw::RawLayer>>,
+    pub tags: BTreeMap<String, Def<raw::RawLayer>>,
+    pub hosts: BTreeMap<String, Def<raw::RawHost>>,
+    pub stacks: BTreeMap<String, Def<raw::RawStack>>,
+    pub clusters: BTreeMap<String, Def<raw::RawCluster>>,
+    pub secrets: BTreeMap<String, Def<raw::RawSecret>>,
+    pub gates: BTreeMap<String, Def<raw::RawGate>>,
+}
+
+/// The outcome of loading: the model if there were no errors, and every diagnostic either way.
+pub struct Loaded {
+    pub spec: Option<Spec>,
+    pub diagnostics: Diagnostics,
+    pub sources: SourceMap,
+}
+
+/// Load and validate the spec in `dir`: every `*.toml` below it, in sorted path order.
+pub fn load_dir(dir: &Path) -> anyhow::Result<Loaded> {
+    use anyhow::Context;
+    let mut files = Vec::new();
+    collect_toml(dir, &mut files)
+        .with_context(|| format!("reading spec directory {}", dir.display()))?;
+    if files.is_empty() {
+        anyhow::bail!(
+            "no spec files (*.toml) in {} — create {}/site.toml or pass --spec DIR",
+            dir.display(),
+            dir.display()
+        );
+    }
+    files.sort();
+    let mut inputs = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read(&f).with_context(|| format!("reading spec file {}", f.display()))?;
+        inputs.push((f, text));
+    }
+    Ok(load_bytes(
+        inputs.iter().map(|(p, t)| (p.as_path(), t.as_slice())),
+    ))
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            collect_toml(&p, out)?;
+        } else if p.extension().and_then(|x| x.to_str()) == Some("toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Load from in-memory files (used by the fuzzer and tests). Never panics on any input.
+pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) -> Loaded {
+    let mut sources = SourceMap::default();
+    let mut diags = Vec::new();
+    let mut merged = Merged::default();
+    for (path, bytes) in inputs {
+        let display = path.display().to_string();
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_string(),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                let id = sources.add(path, display, String::from_utf8_lossy(bytes).into_owned());
+                diags.push(
+                    Diagnostic::error(
+                        "SPEC001",
+                        "",
+                        format!("file is not valid UTF-8 (at byte {valid})"),
+                    )
+                    .at(Some(Loc::new(id, valid..valid + 1)))
+                    .help("save the file as UTF-8"),
+                );
+                continue;
+            }
+        };
+        let id = sources.add(path, display, text);
+        let text = &sources.files[id].text;
+        match toml::from_str::<RawFile>(text) {
+            Ok(file) => merge_file(&mut merged, id, file, &mut diags),
+            Err(e) => diags.push(parse_error(id, text, &e)),
+        }
+    }
+    if merged.site.is_none()
+        && !diags
+            .iter()
+            .any(|d| d.rule == "SPEC001" || d.rule == "SPEC002" || d.rule == "SPEC003")
+    {
+        diags.push(
+            Diagnostic::error("SPEC005", "site", "no [site] table in any spec file")
+                .help("add a [site] table with name, domain, timezone and admins (see README: spec reference)"),
+        );
+    }
+    let spec = validate::validate(&merged, &sources, &mut diags);
+    let diagnostics = Diagnostics::from_list(diags, &sources);
+    let spec = if diagnostics.has_errors() { None } else { spec };
+    Loaded {
+        spec,
+        diagnostics,
+        sources,
+    }
+}
+
+fn merge_file(m: &mut Merged, file: FileId, f: RawFile, diags: &mut Vec<Diagnostic>) {
+    if let Some(site) = f.site {
+        if let Some((prev, _)) = &m.site {
+            let prev = *prev;
+            diags.push(
+                Diagnostic::error("SPEC004", "site", "[site] is defined in more than one file")
+                    .at(Some(Loc::new(file, site.span())))
+                    .help(format!(
+                        "keep one [site] table; the other one is in file #{prev}"
+                    )),
+            );
+        } else {
+            m.site = Some((file, site));
+        }
+    }
+    fn put<T>(
+        table: &str,
+        dst: &mut BTreeMap<String, Def<T>>,
+        file: FileId,
+        src: raw::Map<T>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        for (k, v) in src {
+            let name = k.get_ref().clone();
+            if dst.contains_key(&name) {
+                diags.push(
+                    Diagnostic::error(
+                        "SPEC004",
+                        format!("{table}.{name}"),
+                        format!("{table}.{name} is defined more than once"),
+                    )
+                    .at(Some(Loc::new(file, k.span())))
+                    .help(format!(
+                        "rename it or merge the two definitions of {table}.{name} into one"
+                    )),
+                );
+                continue;
+            }
+            dst.insert(
+                name,
+                Def {
+                    file,
+                    key: k,
+                    value: v,
+                },
+            );
+        }
+    }
+    put("networks", &mut m.networks, file, f.networks, diags);
+    put("roles", &mut m.roles, file, f.roles, diags);
+    put("tags", &mut m.tags, file, f.tags, diags);
+    put("hosts", &mut m.hosts, file, f.hosts, diags);
+    put("stacks", &mut m.stacks, file, f.stacks, diags);
+    put("clusters", &mut m.clusters, file, f.clusters, diags);
+    put("secrets", &mut m.secrets, file, f.secrets, diags);
+    put("gates", &mut m.gates, file, f.gates, diags);
+}
+
+/// Turn a TOML/serde error into a located diagnostic with the field path and a fix.
+fn parse_error(file: FileId, text: &str, e: &toml::de::Error) -> Diagnostic {
+    let msg = e.message().trim().to_string();
+    let span = e.span().unwrap_or(0..0);
+    let path = field_path_at(text, span.start);
+    let (rule, help) = if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or("");
+        let expected: Vec<&str> = msg
+            .split("expected ")
+            .nth(1)
+            .map(|s| {
+                s.split(['`', ','])
+                    .map(str::trim)
+                    .filter(|w| !w.is_empty() && *w != "one of" && *w != "or" && *w != "one of ")
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expected: Vec<&str> = expected
+            .into_iter()
+            .filter(|w| !w.starts_with("one of") && !w.starts_with("or ") && *w != "or")
+            .collect();
+        let help = match closest(key, &expected) {
+            Some(s) => format!("did you mean `{s}`? unknown keys are errors in the spec"),
+            None if !expected.is_empty() => {
+                format!("remove it; allowed keys here: {}", expected.join(", "))
+            }
+            None => "remove it; unknown keys are errors in the spec".to_string(),
+        };
+        ("SPEC002", help)
+    } else if msg.starts_with("invalid type")
+        || msg.starts_with("invalid value")
+        || msg.starts_with("unknown variant")
+        || msg.starts_with("invalid length")
+    {
+        (
+            "SPEC003",
+            "use the type shown in the README spec reference for this field".to_string(),
+        )
+    } else if let Some(rest) = msg.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or("");
+        ("SPEC005", format!("add `{key} = …` to this table"))
+    } else if msg.contains("duplicate key") {
+        (
+            "SPEC004",
+            "a key may appear once per table; remove or rename the repeated one".to_string(),
+        )
+    } else {
+        (
+            "SPEC001",
+            "fix the TOML syntax at this position (see https://toml.io)".to_string(),
+        )
+    };
+    let mut d = Diagnostic::error(rule, path, msg).help(help);
+    d.loc = Some(Loc::new(file, span));
+    d
+}
+
+/// Best effort dotted key path at a byte offset: the nearest `[table]` header above plus the key on the line.
+fn field_path_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let before = text.get(..offset).unwrap_or("");
+    for line in before.lines() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix("[[").and_then(|s| s.split("]]").next()) {
+            table = h.trim().to_string();
+        } else if let Some(h) = t.strip_prefix('[').and_then(|s| s.split(']').next()) {
+            table = h.trim().to_string();
+        }
+    }
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.starts_with('['))
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// The closest candidate by edit distance, if close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -6,3 +6,8 @@
 pub mod cli;
 pub mod diag;
 pub mod spec;
+pub mod plan;
+pub mod render;
+pub mod secrets;
+pub mod gate;
+pub mod graph;

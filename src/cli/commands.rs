@@ -81,14 +81,78 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             clap_mangen::generate_to(Cli::command(), dir)?;
             Ok(Exit::Ok)
         }
-        Command::Plan { .. }
-        | Command::Render { .. }
-        | Command::Gate { .. }
-        | Command::Graph
-        | Command::Secrets { .. } => {
-            let _ = load_valid(&cli)?;
-            not_yet(&cli)
+        Command::Plan { json, hosts } => {
+            let spec = match load_valid(&cli)? {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let sel = match crate::plan::select(&spec, hosts) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(Exit::Input);
+                }
+            };
+            let plan = crate::plan::plan(&spec, &sel);
+            if json.json {
+                print_json(&plan)?;
+            } else {
+                print!("{}", human_plan(&plan));
+            }
+            Ok(Exit::Ok)
         }
+        Command::Render { check, out, json, hosts } => {
+            let spec = match load_valid(&cli)? {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let sel = match crate::plan::select(&spec, hosts) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(Exit::Input);
+                }
+            };
+            let root = out.clone().unwrap_or_else(|| repo_root(&cli.spec));
+            let plan = crate::plan::plan(&spec, &sel);
+            let artifacts = all_artifacts(&plan);
+            let store = if *check { None } else { Some(crate::secrets::Store::open(&root, &spec)?) };
+            let report = crate::render::run(&spec, store.as_ref(), &artifacts, &root, *check)?;
+            if json.json {
+                print_json(&report)?;
+            } else if *check {
+                for f in &report.changed {
+                    println!("changed: {f}");
+                }
+                for f in &report.missing {
+                    println!("missing: {f}");
+                }
+                for f in &report.stale {
+                    println!("stale (no longer rendered): {f}");
+                }
+                if report.drift() {
+                    eprintln!("render drift: run `labforge render` and commit the result");
+                } else {
+                    println!("ok: {} rendered files match the spec", report.unchanged.len());
+                }
+            } else {
+                for f in &report.written {
+                    println!("wrote {f}");
+                }
+                println!("{} written, {} unchanged", report.written.len(), report.unchanged.len());
+            }
+            Ok(if *check && report.drift() { Exit::Failed } else { Exit::Ok })
+        }
+        Command::Graph => {
+            let spec = match load_valid(&cli)? {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", crate::graph::dot(&spec));
+            Ok(Exit::Ok)
+        }
+        Command::Secrets { action } => secrets_cmd(&cli, action),
+        Command::Gate { action } => gate_cmd(&cli, action),
         _ => not_yet(&cli),
     }
 }
@@ -101,4 +165,196 @@ fn not_yet(cli: &Cli) -> Result<Exit> {
         .to_lowercase();
     eprintln!("labforge {name}: not yet implemented (see the open issues)");
     Ok(Exit::Input)
+}
+
+/// The repository root: the spec directory's parent.
+pub fn repo_root(spec_dir: &std::path::Path) -> std::path::PathBuf {
+    let abs = if spec_dir.is_absolute() { spec_dir.to_path_buf() } else { std::env::current_dir().map(|d| d.join(spec_dir)).unwrap_or_else(|_| spec_dir.to_path_buf()) };
+    abs.parent().map(|p| p.to_path_buf()).unwrap_or(abs)
+}
+
+fn all_artifacts(plan: &crate::plan::Plan) -> Vec<crate::render::Artifact> {
+    let mut v: Vec<crate::render::Artifact> = plan.hosts.iter().flat_map(|h| h.artifacts.iter().cloned()).chain(plan.clusters.iter().flat_map(|c| c.artifacts.iter().cloned())).collect();
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    v.dedup_by(|a, b| a.path == b.path);
+    v
+}
+
+fn human_plan(plan: &crate::plan::Plan) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "plan for site {} (spec revision {})", plan.site, plan.spec_revision);
+    for h in &plan.hosts {
+        let _ = writeln!(o, "\nhost {} — {} {} {} ({}{})", h.name, h.os.as_str(), h.arch.as_str(), h.board.as_str(), h.role, if h.disposable { ", disposable" } else { "" });
+        if let Some(c) = &h.connect {
+            let _ = writeln!(o, "  connect: {c}");
+        }
+        let _ = writeln!(o, "  image:   {}", serde_json::to_string(&h.image).unwrap_or_default());
+        let _ = writeln!(o, "  artifacts ({}):", h.artifacts.len());
+        for a in &h.artifacts {
+            let _ = writeln!(o, "    {:<8} {}{}", a.backend, a.path, if a.sensitive { "  (secret, 0600)" } else { "" });
+        }
+        let _ = writeln!(o, "  deploy ({} steps):", h.deploy.len());
+        for s in &h.deploy {
+            let _ = writeln!(o, "    {:<40} {}", s.id, s.description);
+        }
+    }
+    for c in &plan.clusters {
+        let _ = writeln!(o, "\ncluster {} — Talos {}, Kubernetes {}, endpoint {}", c.name, c.talos_version, c.kubernetes_version, c.endpoint);
+        for cmd in &c.commands {
+            let _ = writeln!(o, "    $ {cmd}");
+        }
+    }
+    for g in &plan.gates {
+        let _ = writeln!(o, "\ngate {} ({:?} stack {} on {}): operator-validated, seed {}", g.id, g.when, g.stack, g.hosts.join(", "), g.seed);
+    }
+    o
+}
+
+fn secrets_cmd(cli: &Cli, action: &super::SecretsAction) -> Result<Exit> {
+    use super::SecretsAction::*;
+    if let Init = action {
+        let (p, public, created) = crate::secrets::init_identity()?;
+        if created {
+            eprintln!("created age identity {}", p.display());
+        } else {
+            eprintln!("age identity {} already exists", p.display());
+        }
+        println!("{public}");
+        eprintln!("add it to site.age_recipients to let other operators' stores include you");
+        return Ok(Exit::Ok);
+    }
+    let spec = match load_valid(cli)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let root = repo_root(&cli.spec);
+    let store = crate::secrets::Store::open(&root, &spec)?;
+    match action {
+        Init => unreachable!(),
+        List { json } => {
+            let mut rows = Vec::new();
+            for s in spec.secrets.values() {
+                let present = match &s.source {
+                    crate::spec::model::SecretSource::Store => store.has(&s.name)?,
+                    crate::spec::model::SecretSource::Env(v) => std::env::var_os(v).is_some(),
+                    crate::spec::model::SecretSource::File(p) => std::path::Path::new(p).exists(),
+                };
+                rows.push(serde_json::json!({"name": s.name, "source": s.source, "generate": s.generate, "present": present}));
+            }
+            if json.json {
+                print_json(&rows)?;
+            } else {
+                for r in &rows {
+                    println!("{:<32} {:<28} {}", r["name"].as_str().unwrap_or(""), serde_json::to_string(&r["source"]).unwrap_or_default(), if r["present"] == true { "present" } else { "MISSING" });
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Set { name } => {
+            let Some(s) = spec.secrets.get(name) else {
+                eprintln!("error: no secret `{name}` in the spec (declare [secrets.{name}] first)");
+                return Ok(Exit::Input);
+            };
+            if s.source != crate::spec::model::SecretSource::Store {
+                eprintln!("error: secret `{name}` does not live in the store (source = {:?})", s.source);
+                return Ok(Exit::Input);
+            }
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+            while v.last() == Some(&b'\n') {
+                v.pop();
+            }
+            store.put(name, &v)?;
+            eprintln!("stored {name} ({} bytes, encrypted)", v.len());
+            Ok(Exit::Ok)
+        }
+        Generate => {
+            let mut n = 0;
+            for s in spec.secrets.values() {
+                if let (crate::spec::model::SecretSource::Store, Some(g)) = (&s.source, &s.generate) {
+                    if !store.has(&s.name)? {
+                        store.put(&s.name, &crate::secrets::generate_value(g)?)?;
+                        eprintln!("generated {}", s.name);
+                        n += 1;
+                    }
+                }
+            }
+            eprintln!("{n} secret(s) generated");
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
+    use super::GateAction::*;
+    let spec = match load_valid(cli)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let root = repo_root(&cli.spec);
+    let find = |id: &str| -> Option<&crate::spec::model::Gate> { spec.gates.get(id) };
+    match action {
+        List { json } => {
+            let mut rows = Vec::new();
+            for g in spec.gates.values() {
+                let (st, s) = crate::gate::status(&spec, &root, g)?;
+                rows.push(serde_json::json!({"id": g.id, "seed": g.seed, "title": g.title, "when": g.when, "stack": g.stack, "status": st, "confirmed_by": s.as_ref().map(|s| s.confirmed_by.clone())}));
+            }
+            if json.json {
+                print_json(&rows)?;
+            } else {
+                for r in &rows {
+                    println!("{:<24} {:<10} {}", r["id"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""), r["title"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Show { id } => {
+            let Some(g) = find(id) else {
+                eprintln!("error: no gate `{id}` in the spec");
+                return Ok(Exit::Input);
+            };
+            let (st, s) = crate::gate::status(&spec, &root, g)?;
+            println!("gate {} — {} (seed {}, {:?} stack {})", g.id, g.title, g.seed, g.when, g.stack);
+            println!("status: {st:?}{}", s.map(|s| format!(" (signed off by {})", s.confirmed_by)).unwrap_or_default());
+            println!("\nThe operator validates, by hand:");
+            for c in &g.checklist {
+                println!("  [ ] {c}");
+            }
+            if !g.evidence.is_empty() {
+                println!("\nEvidence labforge shows on the stack's hosts during deploy (information, never a verdict):");
+                for e in &g.evidence {
+                    println!("  $ {e}");
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Confirm { id, by, note } => {
+            let Some(g) = find(id) else {
+                eprintln!("error: no gate `{id}` in the spec");
+                return Ok(Exit::Input);
+            };
+            use std::io::IsTerminal;
+            if !std::io::stdin().is_terminal() {
+                eprintln!("error: gate confirmation is the operator's, typed at a terminal; labforge never confirms a gate by itself (seed {})", g.seed);
+                return Ok(Exit::Input);
+            }
+            eprintln!("{} — seed {}\nConfirm you validated each item yourself:", g.title, g.seed);
+            for c in &g.checklist {
+                eprintln!("  [x] {c}");
+            }
+            eprint!("Type the gate id ({}) to sign off: ", g.id);
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if line.trim() != g.id {
+                eprintln!("not confirmed");
+                return Ok(Exit::Failed);
+            }
+            let who = by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
+            let s = crate::gate::record(&spec, &root, g, &who, note.as_deref().unwrap_or(""))?;
+            println!("signed off {} by {} ({})", s.gate, s.confirmed_by, crate::gate::path(&root, &g.id).display());
+            Ok(Exit::Ok)
+        }
+    }
 }

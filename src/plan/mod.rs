@@ -1,0 +1,316 @@
+//! The plan: a pure function from the validated model to serializable steps (nix-installer style).
+//!
+//! `labforge plan --json` prints exactly this; `render`, `image`, `deploy` and `rebuild` consume it.
+//! The JSON form is documented in docs/plan-json.md and stable within `format_version`.
+
+use crate::render;
+use crate::spec::model::*;
+use serde::Serialize;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Plan {
+    pub format_version: u32,
+    pub spec_revision: String,
+    pub site: String,
+    pub hosts: Vec<HostPlan>,
+    pub clusters: Vec<ClusterPlan>,
+    pub gates: Vec<GatePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostPlan {
+    pub name: String,
+    pub os: Os,
+    pub arch: Arch,
+    pub board: Board,
+    pub role: String,
+    pub disposable: bool,
+    /// Where labforge connects (the management address), if the host runs SSH.
+    pub connect: Option<String>,
+    pub artifacts: Vec<render::Artifact>,
+    pub image: ImagePlan,
+    pub deploy: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ImagePlan {
+    /// `nix build .#images.<host>` (sd-image for Pis, raw-efi for x86).
+    NixBuild { attr: String, variant: String, build: BuildMode, output: String },
+    /// A vendor base image with this host's cloud-init seed written in.
+    BasePlusSeed { base: Option<String>, seed_in: String, output: String },
+    /// A Debian image built from packages with mmdebstrap.
+    Mmdebstrap { suite: String, layout: String, output: String },
+    /// Talos Image Factory image for the node's schematic.
+    TalosFactory { cluster: String, output: String },
+}
+
+/// How an image for another architecture is built.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildMode {
+    Native,
+    /// aarch64 on an x86_64 controller: binfmt/QEMU emulation or a remote aarch64 builder if configured.
+    EmulatedOrRemote,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Step {
+    /// Stable within a plan: `<host>:<action>[:<object>]`.
+    pub id: String,
+    pub action: Action,
+    pub description: String,
+    /// An operator-validated gate that must be signed off before this step runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requires_gate: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Action {
+    /// Wait for SSH with the host key from the secrets store (strict, no TOFU).
+    ConnectPinned { address: String, port: u16 },
+    /// Upload files atomically (temp + rename) with owner and mode.
+    Upload { files: Vec<String>, dest: String, mode: String },
+    /// Upload the stack's `.env` built from the secrets store, mode 0600.
+    UploadEnv { stack: String, dest: String },
+    /// `sshd -t` on the host before reloading it.
+    SshdValidate,
+    SshdReload,
+    /// Load the nftables ruleset (atomic `nft -f`).
+    FirewallApply { file: String },
+    ComposeUp { stack: String, dir: String },
+    /// Copy the flake and run `nixos-rebuild switch`, confirm on a fresh connection, else roll back.
+    NixosSwitch { flake_attr: String },
+    /// Operator-validated gate: labforge shows evidence and waits for `labforge gate confirm`.
+    Gate { gate: String },
+    /// Run `labforge verify` checks against the host.
+    Verify,
+    TalosApplyConfig { node: String, config: String, insecure: bool },
+    TalosBootstrap { node: String },
+    TalosKubeconfig { endpoint: String },
+    TalosHealth { endpoint: String },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterPlan {
+    pub name: String,
+    pub talos_version: String,
+    pub kubernetes_version: String,
+    pub endpoint: String,
+    pub control_planes: Vec<String>,
+    pub workers: Vec<String>,
+    pub artifacts: Vec<render::Artifact>,
+    /// The exact operator commands, in order (first install → bootstrap → kubeconfig → health).
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GatePlan {
+    pub id: String,
+    pub seed: String,
+    pub title: String,
+    pub when: GateWhen,
+    pub stack: String,
+    pub hosts: Vec<String>,
+    pub checklist: Vec<String>,
+}
+
+/// Which hosts to plan; empty = all. Unknown names are an input error.
+pub fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Host>, String> {
+    if names.is_empty() {
+        return Ok(spec.hosts.values().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match spec.hosts.get(n) {
+            Some(h) => out.push(h),
+            None => {
+                let known: Vec<&str> = spec.hosts.keys().map(|s| s.as_str()).collect();
+                let hint = crate::spec::closest(n, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                return Err(format!("no host named `{n}` in the spec{hint}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
+    let backends = render::backends();
+    let all_artifacts: Vec<render::Artifact> = backends.iter().flat_map(|b| b.plan(spec)).collect();
+    let host_plans = hosts
+        .iter()
+        .map(|h| {
+            let artifacts: Vec<render::Artifact> = all_artifacts.iter().filter(|a| a.hosts.iter().any(|x| x == &h.name)).cloned().collect();
+            HostPlan {
+                name: h.name.clone(),
+                os: h.os,
+                arch: h.arch,
+                board: h.board,
+                role: h.role.clone(),
+                disposable: h.disposable,
+                connect: if h.os.has_ssh() { h.management_address(spec).map(|a| a.to_string()) } else { None },
+                image: image_plan(h),
+                deploy: deploy_steps(spec, h, &artifacts),
+                artifacts,
+            }
+        })
+        .collect();
+    let selected: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    let clusters = spec
+        .clusters
+        .values()
+        .filter(|c| c.control_planes.iter().chain(&c.workers).any(|n| selected.contains(&n.as_str())))
+        .map(|c| cluster_plan(spec, c, &all_artifacts))
+        .collect();
+    let gates = spec
+        .gates
+        .values()
+        .filter_map(|g| {
+            let st = spec.stacks.get(&g.stack)?;
+            let hosts: Vec<String> = st.hosts.iter().filter(|h| selected.contains(&h.as_str())).cloned().collect();
+            (!hosts.is_empty()).then(|| GatePlan {
+                id: g.id.clone(),
+                seed: g.seed.clone(),
+                title: g.title.clone(),
+                when: g.when,
+                stack: g.stack.clone(),
+                hosts,
+                checklist: g.checklist.clone(),
+            })
+        })
+        .collect();
+    Plan { format_version: FORMAT_VERSION, spec_revision: spec.revision.clone(), site: spec.site.name.clone(), hosts: host_plans, clusters, gates }
+}
+
+fn image_plan(h: &Host) -> ImagePlan {
+    let output = format!("out/images/{}.img", h.name);
+    match h.os {
+        Os::Nixos => ImagePlan::NixBuild {
+            attr: format!(".#images.{}", h.name),
+            variant: if h.board.is_rpi() { "sd-image".into() } else { "raw-efi".into() },
+            build: if h.arch == Arch::Aarch64 { BuildMode::EmulatedOrRemote } else { BuildMode::Native },
+            output,
+        },
+        Os::Ubuntu => ImagePlan::BasePlusSeed {
+            base: h.image.clone(),
+            seed_in: if h.board.is_rpi() { "system-boot".into() } else { "cidata".into() },
+            output,
+        },
+        Os::Debian => match &h.image {
+            Some(base) => ImagePlan::BasePlusSeed { base: Some(base.clone()), seed_in: if h.board.is_rpi() { "system-boot".into() } else { "cidata".into() }, output },
+            None => ImagePlan::Mmdebstrap {
+                suite: "bookworm".into(),
+                layout: if h.board.is_rpi() { "rpi-firmware+ext4".into() } else { "gpt-esp-systemd-boot+ext4".into() },
+                output,
+            },
+        },
+        Os::Talos => ImagePlan::TalosFactory { cluster: h.cluster.clone().unwrap_or_default(), output },
+    }
+}
+
+fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<Step> {
+    let step = |action: &str, obj: Option<&str>, a: Action, d: String| Step {
+        id: match obj {
+            Some(o) => format!("{}:{action}:{o}", h.name),
+            None => format!("{}:{action}", h.name),
+        },
+        action: a,
+        description: d,
+        requires_gate: None,
+    };
+    let mut steps = Vec::new();
+    if h.os == Os::Talos {
+        // Talos nodes are driven by the cluster's talosctl commands (see ClusterPlan).
+        if let Some(cl) = h.cluster.as_ref().and_then(|c| spec.clusters.get(c)) {
+            let addr = h.interfaces.iter().find(|i| i.network == cl.network).and_then(|i| i.address).map(|a| a.to_string()).unwrap_or_default();
+            steps.push(step("talos-apply", None, Action::TalosApplyConfig { node: addr, config: format!("out/talos/{}/{}.yaml", cl.name, h.name), insecure: true }, "apply the machine config (insecure: first install, maintenance mode)".into()));
+        }
+        return steps;
+    }
+    let Some(mgmt) = h.management_address(spec) else { return steps };
+    steps.push(step("connect", None, Action::ConnectPinned { address: mgmt.to_string(), port: h.hardening.ssh_port }, format!("connect to {mgmt}:{} with the pinned host key", h.hardening.ssh_port)));
+    let gates_for = |stack: &str, when: GateWhen| spec.gates.values().filter(move |g| g.stack == stack && g.when == when).map(|g| g.id.clone()).collect::<Vec<_>>();
+    match h.os {
+        Os::Nixos => {
+            steps.push(step("nixos-switch", None, Action::NixosSwitch { flake_attr: format!(".#nixosConfigurations.{}", h.name) }, "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back".into()));
+            for s in &h.stacks {
+                for g in gates_for(s, GateWhen::Before) {
+                    let mut st = step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` before stack {s}"));
+                    st.requires_gate = Some(g);
+                    steps.insert(steps.len() - 1, st);
+                }
+            }
+            for s in &h.stacks {
+                for g in gates_for(s, GateWhen::After) {
+                    steps.push(step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` after stack {s}")));
+                }
+            }
+        }
+        Os::Ubuntu | Os::Debian => {
+            let files = |pred: &dyn Fn(&render::Artifact) -> bool| artifacts.iter().filter(|a| pred(a)).map(|a| a.path.clone()).collect::<Vec<_>>();
+            let sshd = files(&|a| a.kind == render::Kind::SshdDropin);
+            if !sshd.is_empty() {
+                steps.push(step("upload", Some("sshd"), Action::Upload { files: sshd, dest: "/etc/ssh/sshd_config.d/".into(), mode: "0644".into() }, "install the hardened sshd drop-in".into()));
+                steps.push(step("sshd-validate", None, Action::SshdValidate, "sshd -t (never reload a config that does not parse)".into()));
+                steps.push(step("sshd-reload", None, Action::SshdReload, "reload sshd; labforge's own algorithms were checked against the new lists".into()));
+            }
+            let fw = files(&|a| a.kind == render::Kind::Nftables);
+            if let Some(f) = fw.first() {
+                steps.push(step("firewall", None, Action::FirewallApply { file: f.clone() }, "load the nftables ruleset atomically".into()));
+            }
+            for s in &h.stacks {
+                for g in gates_for(s, GateWhen::Before) {
+                    let mut st = step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` before stack {s}"));
+                    st.requires_gate = Some(g.clone());
+                    steps.push(st);
+                }
+                let dir = format!("/opt/labforge/stacks/{s}");
+                let sf = files(&|a| a.stack.as_deref() == Some(s.as_str()) && a.kind != render::Kind::EnvExample);
+                steps.push(step("upload", Some(s), Action::Upload { files: sf, dest: format!("{dir}/"), mode: "0644".into() }, format!("upload stack {s}")));
+                steps.push(step("upload-env", Some(s), Action::UploadEnv { stack: s.clone(), dest: format!("{dir}/.env") }, format!("write {s}/.env from the secrets store (0600)")));
+                steps.push(step("compose-up", Some(s), Action::ComposeUp { stack: s.clone(), dir }, format!("docker compose up -d for {s} if it changed")));
+                for g in gates_for(s, GateWhen::After) {
+                    steps.push(step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` after stack {s}")));
+                }
+            }
+        }
+        Os::Talos => unreachable!("handled above"),
+    }
+    steps.push(step("verify", None, Action::Verify, "verify the hardening rules on the host".into()));
+    steps
+}
+
+fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPlan {
+    let endpoint = format!("https://{}:6443", c.endpoint_vip);
+    let addr = |n: &str| {
+        spec.hosts.get(n).and_then(|h| h.address_on(&c.network)).map(|a| a.to_string()).unwrap_or_else(|| n.to_string())
+    };
+    let cfg = |n: &str| format!("out/talos/{}/{n}.yaml", c.name);
+    let talosconfig = format!("out/talos/{}/talosconfig", c.name);
+    let mut commands = Vec::new();
+    for n in c.control_planes.iter().chain(&c.workers) {
+        commands.push(format!("talosctl apply-config --insecure --nodes {} --file {}", addr(n), cfg(n)));
+    }
+    if let Some(first) = c.control_planes.first() {
+        let a = addr(first);
+        commands.push(format!("talosctl --talosconfig {talosconfig} bootstrap --nodes {a} --endpoints {a}"));
+    }
+    // talosctl talks to control-plane nodes directly; the VIP is for the Kubernetes API only (it follows etcd).
+    let eps: Vec<String> = c.control_planes.iter().map(|n| addr(n)).collect();
+    let first = eps.first().cloned().unwrap_or_default();
+    commands.push(format!("talosctl --talosconfig {talosconfig} kubeconfig out/talos/{}/kubeconfig --nodes {first} --endpoints {}", c.name, eps.join(",")));
+    commands.push(format!("talosctl --talosconfig {talosconfig} health --nodes {first} --endpoints {}", eps.join(",")));
+    ClusterPlan {
+        name: c.name.clone(),
+        talos_version: c.talos_version.clone(),
+        kubernetes_version: c.kubernetes_version.clone(),
+        endpoint,
+        control_planes: c.control_planes.clone(),
+        workers: c.workers.clone(),
+        artifacts: all.iter().filter(|a| a.cluster.as_deref() == Some(c.name.as_str())).cloned().collect(),
+        commands,
+    }
+}

@@ -50,7 +50,11 @@ pub fn path(root: &Path, id: &str) -> PathBuf {
 pub fn load(root: &Path, id: &str) -> Result<Option<SignOff>> {
     let p = path(root, id);
     match std::fs::read_to_string(&p) {
-        Ok(t) => Ok(Some(toml::from_str(&t).with_context(|| format!("reading sign-off {}", p.display()))?)),
+        Ok(t) => {
+            Ok(Some(toml::from_str(&t).with_context(|| {
+                format!("reading sign-off {}", p.display())
+            })?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
@@ -71,11 +75,18 @@ pub fn record(spec: &Spec, root: &Path, g: &Gate, by: &str, note: &str) -> Resul
         gate: g.id.clone(),
         digest: digest(spec, g),
         confirmed_by: by.to_string(),
-        confirmed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        confirmed_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         note: note.to_string(),
         checklist: g.checklist.clone(),
     };
-    let text = format!("# Operator sign-off recorded by `labforge gate confirm` (seed {}).\n{}", g.seed, toml::to_string(&s)?);
+    let text = format!(
+        "# Operator sign-off recorded by `labforge gate confirm` (seed {}).\n{}",
+        g.seed,
+        toml::to_string(&s)?
+    );
     crate::render::write_atomic(&path(root, &g.id), text.as_bytes(), 0o644)?;
     Ok(s)
 }

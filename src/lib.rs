@@ -5,9 +5,9 @@
 
 pub mod cli;
 pub mod diag;
-pub mod spec;
+pub mod gate;
+pub mod graph;
 pub mod plan;
 pub mod render;
 pub mod secrets;
-pub mod gate;
-pub mod graph;
+pub mod spec;

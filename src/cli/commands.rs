@@ -101,7 +101,12 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        Command::Render { check, out, json, hosts } => {
+        Command::Render {
+            check,
+            out,
+            json,
+            hosts,
+        } => {
             let spec = match load_valid(&cli)? {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
@@ -116,7 +121,11 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             let root = out.clone().unwrap_or_else(|| repo_root(&cli.spec));
             let plan = crate::plan::plan(&spec, &sel);
             let artifacts = all_artifacts(&plan);
-            let store = if *check { None } else { Some(crate::secrets::Store::open(&root, &spec)?) };
+            let store = if *check {
+                None
+            } else {
+                Some(crate::secrets::Store::open(&root, &spec)?)
+            };
             let report = crate::render::run(&spec, store.as_ref(), &artifacts, &root, *check)?;
             if json.json {
                 print_json(&report)?;
@@ -133,15 +142,26 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
                 if report.drift() {
                     eprintln!("render drift: run `labforge render` and commit the result");
                 } else {
-                    println!("ok: {} rendered files match the spec", report.unchanged.len());
+                    println!(
+                        "ok: {} rendered files match the spec",
+                        report.unchanged.len()
+                    );
                 }
             } else {
                 for f in &report.written {
                     println!("wrote {f}");
                 }
-                println!("{} written, {} unchanged", report.written.len(), report.unchanged.len());
+                println!(
+                    "{} written, {} unchanged",
+                    report.written.len(),
+                    report.unchanged.len()
+                );
             }
-            Ok(if *check && report.drift() { Exit::Failed } else { Exit::Ok })
+            Ok(if *check && report.drift() {
+                Exit::Failed
+            } else {
+                Exit::Ok
+            })
         }
         Command::Graph => {
             let spec = match load_valid(&cli)? {
@@ -169,12 +189,27 @@ fn not_yet(cli: &Cli) -> Result<Exit> {
 
 /// The repository root: the spec directory's parent.
 pub fn repo_root(spec_dir: &std::path::Path) -> std::path::PathBuf {
-    let abs = if spec_dir.is_absolute() { spec_dir.to_path_buf() } else { std::env::current_dir().map(|d| d.join(spec_dir)).unwrap_or_else(|_| spec_dir.to_path_buf()) };
+    let abs = if spec_dir.is_absolute() {
+        spec_dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(spec_dir))
+            .unwrap_or_else(|_| spec_dir.to_path_buf())
+    };
     abs.parent().map(|p| p.to_path_buf()).unwrap_or(abs)
 }
 
 fn all_artifacts(plan: &crate::plan::Plan) -> Vec<crate::render::Artifact> {
-    let mut v: Vec<crate::render::Artifact> = plan.hosts.iter().flat_map(|h| h.artifacts.iter().cloned()).chain(plan.clusters.iter().flat_map(|c| c.artifacts.iter().cloned())).collect();
+    let mut v: Vec<crate::render::Artifact> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| h.artifacts.iter().cloned())
+        .chain(
+            plan.clusters
+                .iter()
+                .flat_map(|c| c.artifacts.iter().cloned()),
+        )
+        .collect();
     v.sort_by(|a, b| a.path.cmp(&b.path));
     v.dedup_by(|a, b| a.path == b.path);
     v
@@ -183,16 +218,39 @@ fn all_artifacts(plan: &crate::plan::Plan) -> Vec<crate::render::Artifact> {
 fn human_plan(plan: &crate::plan::Plan) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let _ = writeln!(o, "plan for site {} (spec revision {})", plan.site, plan.spec_revision);
+    let _ = writeln!(
+        o,
+        "plan for site {} (spec revision {})",
+        plan.site, plan.spec_revision
+    );
     for h in &plan.hosts {
-        let _ = writeln!(o, "\nhost {} — {} {} {} ({}{})", h.name, h.os.as_str(), h.arch.as_str(), h.board.as_str(), h.role, if h.disposable { ", disposable" } else { "" });
+        let _ = writeln!(
+            o,
+            "\nhost {} — {} {} {} ({}{})",
+            h.name,
+            h.os.as_str(),
+            h.arch.as_str(),
+            h.board.as_str(),
+            h.role,
+            if h.disposable { ", disposable" } else { "" }
+        );
         if let Some(c) = &h.connect {
             let _ = writeln!(o, "  connect: {c}");
         }
-        let _ = writeln!(o, "  image:   {}", serde_json::to_string(&h.image).unwrap_or_default());
+        let _ = writeln!(
+            o,
+            "  image:   {}",
+            serde_json::to_string(&h.image).unwrap_or_default()
+        );
         let _ = writeln!(o, "  artifacts ({}):", h.artifacts.len());
         for a in &h.artifacts {
-            let _ = writeln!(o, "    {:<8} {}{}", a.backend, a.path, if a.sensitive { "  (secret, 0600)" } else { "" });
+            let _ = writeln!(
+                o,
+                "    {:<8} {}{}",
+                a.backend,
+                a.path,
+                if a.sensitive { "  (secret, 0600)" } else { "" }
+            );
         }
         let _ = writeln!(o, "  deploy ({} steps):", h.deploy.len());
         for s in &h.deploy {
@@ -200,13 +258,25 @@ fn human_plan(plan: &crate::plan::Plan) -> String {
         }
     }
     for c in &plan.clusters {
-        let _ = writeln!(o, "\ncluster {} — Talos {}, Kubernetes {}, endpoint {}", c.name, c.talos_version, c.kubernetes_version, c.endpoint);
+        let _ = writeln!(
+            o,
+            "\ncluster {} — Talos {}, Kubernetes {}, endpoint {}",
+            c.name, c.talos_version, c.kubernetes_version, c.endpoint
+        );
         for cmd in &c.commands {
             let _ = writeln!(o, "    $ {cmd}");
         }
     }
     for g in &plan.gates {
-        let _ = writeln!(o, "\ngate {} ({:?} stack {} on {}): operator-validated, seed {}", g.id, g.when, g.stack, g.hosts.join(", "), g.seed);
+        let _ = writeln!(
+            o,
+            "\ngate {} ({:?} stack {} on {}): operator-validated, seed {}",
+            g.id,
+            g.when,
+            g.stack,
+            g.hosts.join(", "),
+            g.seed
+        );
     }
     o
 }
@@ -246,7 +316,16 @@ fn secrets_cmd(cli: &Cli, action: &super::SecretsAction) -> Result<Exit> {
                 print_json(&rows)?;
             } else {
                 for r in &rows {
-                    println!("{:<32} {:<28} {}", r["name"].as_str().unwrap_or(""), serde_json::to_string(&r["source"]).unwrap_or_default(), if r["present"] == true { "present" } else { "MISSING" });
+                    println!(
+                        "{:<32} {:<28} {}",
+                        r["name"].as_str().unwrap_or(""),
+                        serde_json::to_string(&r["source"]).unwrap_or_default(),
+                        if r["present"] == true {
+                            "present"
+                        } else {
+                            "MISSING"
+                        }
+                    );
                 }
             }
             Ok(Exit::Ok)
@@ -257,7 +336,10 @@ fn secrets_cmd(cli: &Cli, action: &super::SecretsAction) -> Result<Exit> {
                 return Ok(Exit::Input);
             };
             if s.source != crate::spec::model::SecretSource::Store {
-                eprintln!("error: secret `{name}` does not live in the store (source = {:?})", s.source);
+                eprintln!(
+                    "error: secret `{name}` does not live in the store (source = {:?})",
+                    s.source
+                );
                 return Ok(Exit::Input);
             }
             let mut v = Vec::new();
@@ -272,7 +354,8 @@ fn secrets_cmd(cli: &Cli, action: &super::SecretsAction) -> Result<Exit> {
         Generate => {
             let mut n = 0;
             for s in spec.secrets.values() {
-                if let (crate::spec::model::SecretSource::Store, Some(g)) = (&s.source, &s.generate) {
+                if let (crate::spec::model::SecretSource::Store, Some(g)) = (&s.source, &s.generate)
+                {
                     if !store.has(&s.name)? {
                         store.put(&s.name, &crate::secrets::generate_value(g)?)?;
                         eprintln!("generated {}", s.name);
@@ -305,7 +388,12 @@ fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
                 print_json(&rows)?;
             } else {
                 for r in &rows {
-                    println!("{:<24} {:<10} {}", r["id"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""), r["title"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<24} {:<10} {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["status"].as_str().unwrap_or(""),
+                        r["title"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok(Exit::Ok)
@@ -316,8 +404,15 @@ fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
                 return Ok(Exit::Input);
             };
             let (st, s) = crate::gate::status(&spec, &root, g)?;
-            println!("gate {} — {} (seed {}, {:?} stack {})", g.id, g.title, g.seed, g.when, g.stack);
-            println!("status: {st:?}{}", s.map(|s| format!(" (signed off by {})", s.confirmed_by)).unwrap_or_default());
+            println!(
+                "gate {} — {} (seed {}, {:?} stack {})",
+                g.id, g.title, g.seed, g.when, g.stack
+            );
+            println!(
+                "status: {st:?}{}",
+                s.map(|s| format!(" (signed off by {})", s.confirmed_by))
+                    .unwrap_or_default()
+            );
             println!("\nThe operator validates, by hand:");
             for c in &g.checklist {
                 println!("  [ ] {c}");
@@ -340,7 +435,10 @@ fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
                 eprintln!("error: gate confirmation is the operator's, typed at a terminal; labforge never confirms a gate by itself (seed {})", g.seed);
                 return Ok(Exit::Input);
             }
-            eprintln!("{} — seed {}\nConfirm you validated each item yourself:", g.title, g.seed);
+            eprintln!(
+                "{} — seed {}\nConfirm you validated each item yourself:",
+                g.title, g.seed
+            );
             for c in &g.checklist {
                 eprintln!("  [x] {c}");
             }
@@ -351,9 +449,17 @@ fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
                 eprintln!("not confirmed");
                 return Ok(Exit::Failed);
             }
-            let who = by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
+            let who = by
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into());
             let s = crate::gate::record(&spec, &root, g, &who, note.as_deref().unwrap_or(""))?;
-            println!("signed off {} by {} ({})", s.gate, s.confirmed_by, crate::gate::path(&root, &g.id).display());
+            println!(
+                "signed off {} by {} ({})",
+                s.gate,
+                s.confirmed_by,
+                crate::gate::path(&root, &g.id).display()
+            );
             Ok(Exit::Ok)
         }
     }

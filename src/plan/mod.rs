@@ -38,11 +38,24 @@ pub struct HostPlan {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ImagePlan {
     /// `nix build .#images.<host>` (sd-image for Pis, raw-efi for x86).
-    NixBuild { attr: String, variant: String, build: BuildMode, output: String },
+    NixBuild {
+        attr: String,
+        variant: String,
+        build: BuildMode,
+        output: String,
+    },
     /// A vendor base image with this host's cloud-init seed written in.
-    BasePlusSeed { base: Option<String>, seed_in: String, output: String },
+    BasePlusSeed {
+        base: Option<String>,
+        seed_in: String,
+        output: String,
+    },
     /// A Debian image built from packages with mmdebstrap.
-    Mmdebstrap { suite: String, layout: String, output: String },
+    Mmdebstrap {
+        suite: String,
+        layout: String,
+        output: String,
+    },
     /// Talos Image Factory image for the node's schematic.
     TalosFactory { cluster: String, output: String },
 }
@@ -71,27 +84,56 @@ pub struct Step {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Action {
     /// Wait for SSH with the host key from the secrets store (strict, no TOFU).
-    ConnectPinned { address: String, port: u16 },
+    ConnectPinned {
+        address: String,
+        port: u16,
+    },
     /// Upload files atomically (temp + rename) with owner and mode.
-    Upload { files: Vec<String>, dest: String, mode: String },
+    Upload {
+        files: Vec<String>,
+        dest: String,
+        mode: String,
+    },
     /// Upload the stack's `.env` built from the secrets store, mode 0600.
-    UploadEnv { stack: String, dest: String },
+    UploadEnv {
+        stack: String,
+        dest: String,
+    },
     /// `sshd -t` on the host before reloading it.
     SshdValidate,
     SshdReload,
     /// Load the nftables ruleset (atomic `nft -f`).
-    FirewallApply { file: String },
-    ComposeUp { stack: String, dir: String },
+    FirewallApply {
+        file: String,
+    },
+    ComposeUp {
+        stack: String,
+        dir: String,
+    },
     /// Copy the flake and run `nixos-rebuild switch`, confirm on a fresh connection, else roll back.
-    NixosSwitch { flake_attr: String },
+    NixosSwitch {
+        flake_attr: String,
+    },
     /// Operator-validated gate: labforge shows evidence and waits for `labforge gate confirm`.
-    Gate { gate: String },
+    Gate {
+        gate: String,
+    },
     /// Run `labforge verify` checks against the host.
     Verify,
-    TalosApplyConfig { node: String, config: String, insecure: bool },
-    TalosBootstrap { node: String },
-    TalosKubeconfig { endpoint: String },
-    TalosHealth { endpoint: String },
+    TalosApplyConfig {
+        node: String,
+        config: String,
+        insecure: bool,
+    },
+    TalosBootstrap {
+        node: String,
+    },
+    TalosKubeconfig {
+        endpoint: String,
+    },
+    TalosHealth {
+        endpoint: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -129,7 +171,9 @@ pub fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Host>, Str
             Some(h) => out.push(h),
             None => {
                 let known: Vec<&str> = spec.hosts.keys().map(|s| s.as_str()).collect();
-                let hint = crate::spec::closest(n, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                let hint = crate::spec::closest(n, &known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
                 return Err(format!("no host named `{n}` in the spec{hint}"));
             }
         }
@@ -143,7 +187,11 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
     let host_plans = hosts
         .iter()
         .map(|h| {
-            let artifacts: Vec<render::Artifact> = all_artifacts.iter().filter(|a| a.hosts.iter().any(|x| x == &h.name)).cloned().collect();
+            let artifacts: Vec<render::Artifact> = all_artifacts
+                .iter()
+                .filter(|a| a.hosts.iter().any(|x| x == &h.name))
+                .cloned()
+                .collect();
             HostPlan {
                 name: h.name.clone(),
                 os: h.os,
@@ -151,7 +199,11 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
                 board: h.board,
                 role: h.role.clone(),
                 disposable: h.disposable,
-                connect: if h.os.has_ssh() { h.management_address(spec).map(|a| a.to_string()) } else { None },
+                connect: if h.os.has_ssh() {
+                    h.management_address(spec).map(|a| a.to_string())
+                } else {
+                    None
+                },
                 image: image_plan(h),
                 deploy: deploy_steps(spec, h, &artifacts),
                 artifacts,
@@ -162,7 +214,12 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
     let clusters = spec
         .clusters
         .values()
-        .filter(|c| c.control_planes.iter().chain(&c.workers).any(|n| selected.contains(&n.as_str())))
+        .filter(|c| {
+            c.control_planes
+                .iter()
+                .chain(&c.workers)
+                .any(|n| selected.contains(&n.as_str()))
+        })
         .map(|c| cluster_plan(spec, c, &all_artifacts))
         .collect();
     let gates = spec
@@ -170,7 +227,12 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
         .values()
         .filter_map(|g| {
             let st = spec.stacks.get(&g.stack)?;
-            let hosts: Vec<String> = st.hosts.iter().filter(|h| selected.contains(&h.as_str())).cloned().collect();
+            let hosts: Vec<String> = st
+                .hosts
+                .iter()
+                .filter(|h| selected.contains(&h.as_str()))
+                .cloned()
+                .collect();
             (!hosts.is_empty()).then(|| GatePlan {
                 id: g.id.clone(),
                 seed: g.seed.clone(),
@@ -182,7 +244,14 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
             })
         })
         .collect();
-    Plan { format_version: FORMAT_VERSION, spec_revision: spec.revision.clone(), site: spec.site.name.clone(), hosts: host_plans, clusters, gates }
+    Plan {
+        format_version: FORMAT_VERSION,
+        spec_revision: spec.revision.clone(),
+        site: spec.site.name.clone(),
+        hosts: host_plans,
+        clusters,
+        gates,
+    }
 }
 
 fn image_plan(h: &Host) -> ImagePlan {
@@ -190,24 +259,51 @@ fn image_plan(h: &Host) -> ImagePlan {
     match h.os {
         Os::Nixos => ImagePlan::NixBuild {
             attr: format!(".#images.{}", h.name),
-            variant: if h.board.is_rpi() { "sd-image".into() } else { "raw-efi".into() },
-            build: if h.arch == Arch::Aarch64 { BuildMode::EmulatedOrRemote } else { BuildMode::Native },
+            variant: if h.board.is_rpi() {
+                "sd-image".into()
+            } else {
+                "raw-efi".into()
+            },
+            build: if h.arch == Arch::Aarch64 {
+                BuildMode::EmulatedOrRemote
+            } else {
+                BuildMode::Native
+            },
             output,
         },
         Os::Ubuntu => ImagePlan::BasePlusSeed {
             base: h.image.clone(),
-            seed_in: if h.board.is_rpi() { "system-boot".into() } else { "cidata".into() },
+            seed_in: if h.board.is_rpi() {
+                "system-boot".into()
+            } else {
+                "cidata".into()
+            },
             output,
         },
         Os::Debian => match &h.image {
-            Some(base) => ImagePlan::BasePlusSeed { base: Some(base.clone()), seed_in: if h.board.is_rpi() { "system-boot".into() } else { "cidata".into() }, output },
+            Some(base) => ImagePlan::BasePlusSeed {
+                base: Some(base.clone()),
+                seed_in: if h.board.is_rpi() {
+                    "system-boot".into()
+                } else {
+                    "cidata".into()
+                },
+                output,
+            },
             None => ImagePlan::Mmdebstrap {
                 suite: "bookworm".into(),
-                layout: if h.board.is_rpi() { "rpi-firmware+ext4".into() } else { "gpt-esp-systemd-boot+ext4".into() },
+                layout: if h.board.is_rpi() {
+                    "rpi-firmware+ext4".into()
+                } else {
+                    "gpt-esp-systemd-boot+ext4".into()
+                },
                 output,
             },
         },
-        Os::Talos => ImagePlan::TalosFactory { cluster: h.cluster.clone().unwrap_or_default(), output },
+        Os::Talos => ImagePlan::TalosFactory {
+            cluster: h.cluster.clone().unwrap_or_default(),
+            output,
+        },
     }
 }
 
@@ -225,84 +321,222 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
     if h.os == Os::Talos {
         // Talos nodes are driven by the cluster's talosctl commands (see ClusterPlan).
         if let Some(cl) = h.cluster.as_ref().and_then(|c| spec.clusters.get(c)) {
-            let addr = h.interfaces.iter().find(|i| i.network == cl.network).and_then(|i| i.address).map(|a| a.to_string()).unwrap_or_default();
-            steps.push(step("talos-apply", None, Action::TalosApplyConfig { node: addr, config: format!("out/talos/{}/{}.yaml", cl.name, h.name), insecure: true }, "apply the machine config (insecure: first install, maintenance mode)".into()));
+            let addr = h
+                .interfaces
+                .iter()
+                .find(|i| i.network == cl.network)
+                .and_then(|i| i.address)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            steps.push(step(
+                "talos-apply",
+                None,
+                Action::TalosApplyConfig {
+                    node: addr,
+                    config: format!("out/talos/{}/{}.yaml", cl.name, h.name),
+                    insecure: true,
+                },
+                "apply the machine config (insecure: first install, maintenance mode)".into(),
+            ));
         }
         return steps;
     }
-    let Some(mgmt) = h.management_address(spec) else { return steps };
-    steps.push(step("connect", None, Action::ConnectPinned { address: mgmt.to_string(), port: h.hardening.ssh_port }, format!("connect to {mgmt}:{} with the pinned host key", h.hardening.ssh_port)));
-    let gates_for = |stack: &str, when: GateWhen| spec.gates.values().filter(move |g| g.stack == stack && g.when == when).map(|g| g.id.clone()).collect::<Vec<_>>();
+    let Some(mgmt) = h.management_address(spec) else {
+        return steps;
+    };
+    steps.push(step(
+        "connect",
+        None,
+        Action::ConnectPinned {
+            address: mgmt.to_string(),
+            port: h.hardening.ssh_port,
+        },
+        format!(
+            "connect to {mgmt}:{} with the pinned host key",
+            h.hardening.ssh_port
+        ),
+    ));
+    let gates_for = |stack: &str, when: GateWhen| {
+        spec.gates
+            .values()
+            .filter(move |g| g.stack == stack && g.when == when)
+            .map(|g| g.id.clone())
+            .collect::<Vec<_>>()
+    };
     match h.os {
         Os::Nixos => {
-            steps.push(step("nixos-switch", None, Action::NixosSwitch { flake_attr: format!(".#nixosConfigurations.{}", h.name) }, "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back".into()));
+            steps.push(step(
+                "nixos-switch",
+                None,
+                Action::NixosSwitch {
+                    flake_attr: format!(".#nixosConfigurations.{}", h.name),
+                },
+                "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back"
+                    .into(),
+            ));
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::Before) {
-                    let mut st = step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` before stack {s}"));
+                    let mut st = step(
+                        "gate",
+                        Some(&g),
+                        Action::Gate { gate: g.clone() },
+                        format!("operator gate `{g}` before stack {s}"),
+                    );
                     st.requires_gate = Some(g);
                     steps.insert(steps.len() - 1, st);
                 }
             }
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::After) {
-                    steps.push(step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` after stack {s}")));
+                    steps.push(step(
+                        "gate",
+                        Some(&g),
+                        Action::Gate { gate: g.clone() },
+                        format!("operator gate `{g}` after stack {s}"),
+                    ));
                 }
             }
         }
         Os::Ubuntu | Os::Debian => {
-            let files = |pred: &dyn Fn(&render::Artifact) -> bool| artifacts.iter().filter(|a| pred(a)).map(|a| a.path.clone()).collect::<Vec<_>>();
+            let files = |pred: &dyn Fn(&render::Artifact) -> bool| {
+                artifacts
+                    .iter()
+                    .filter(|a| pred(a))
+                    .map(|a| a.path.clone())
+                    .collect::<Vec<_>>()
+            };
             let sshd = files(&|a| a.kind == render::Kind::SshdDropin);
             if !sshd.is_empty() {
-                steps.push(step("upload", Some("sshd"), Action::Upload { files: sshd, dest: "/etc/ssh/sshd_config.d/".into(), mode: "0644".into() }, "install the hardened sshd drop-in".into()));
-                steps.push(step("sshd-validate", None, Action::SshdValidate, "sshd -t (never reload a config that does not parse)".into()));
-                steps.push(step("sshd-reload", None, Action::SshdReload, "reload sshd; labforge's own algorithms were checked against the new lists".into()));
+                steps.push(step(
+                    "upload",
+                    Some("sshd"),
+                    Action::Upload {
+                        files: sshd,
+                        dest: "/etc/ssh/sshd_config.d/".into(),
+                        mode: "0644".into(),
+                    },
+                    "install the hardened sshd drop-in".into(),
+                ));
+                steps.push(step(
+                    "sshd-validate",
+                    None,
+                    Action::SshdValidate,
+                    "sshd -t (never reload a config that does not parse)".into(),
+                ));
+                steps.push(step(
+                    "sshd-reload",
+                    None,
+                    Action::SshdReload,
+                    "reload sshd; labforge's own algorithms were checked against the new lists"
+                        .into(),
+                ));
             }
             let fw = files(&|a| a.kind == render::Kind::Nftables);
             if let Some(f) = fw.first() {
-                steps.push(step("firewall", None, Action::FirewallApply { file: f.clone() }, "load the nftables ruleset atomically".into()));
+                steps.push(step(
+                    "firewall",
+                    None,
+                    Action::FirewallApply { file: f.clone() },
+                    "load the nftables ruleset atomically".into(),
+                ));
             }
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::Before) {
-                    let mut st = step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` before stack {s}"));
+                    let mut st = step(
+                        "gate",
+                        Some(&g),
+                        Action::Gate { gate: g.clone() },
+                        format!("operator gate `{g}` before stack {s}"),
+                    );
                     st.requires_gate = Some(g.clone());
                     steps.push(st);
                 }
                 let dir = format!("/opt/labforge/stacks/{s}");
-                let sf = files(&|a| a.stack.as_deref() == Some(s.as_str()) && a.kind != render::Kind::EnvExample);
-                steps.push(step("upload", Some(s), Action::Upload { files: sf, dest: format!("{dir}/"), mode: "0644".into() }, format!("upload stack {s}")));
-                steps.push(step("upload-env", Some(s), Action::UploadEnv { stack: s.clone(), dest: format!("{dir}/.env") }, format!("write {s}/.env from the secrets store (0600)")));
-                steps.push(step("compose-up", Some(s), Action::ComposeUp { stack: s.clone(), dir }, format!("docker compose up -d for {s} if it changed")));
+                let sf = files(&|a| {
+                    a.stack.as_deref() == Some(s.as_str()) && a.kind != render::Kind::EnvExample
+                });
+                steps.push(step(
+                    "upload",
+                    Some(s),
+                    Action::Upload {
+                        files: sf,
+                        dest: format!("{dir}/"),
+                        mode: "0644".into(),
+                    },
+                    format!("upload stack {s}"),
+                ));
+                steps.push(step(
+                    "upload-env",
+                    Some(s),
+                    Action::UploadEnv {
+                        stack: s.clone(),
+                        dest: format!("{dir}/.env"),
+                    },
+                    format!("write {s}/.env from the secrets store (0600)"),
+                ));
+                steps.push(step(
+                    "compose-up",
+                    Some(s),
+                    Action::ComposeUp {
+                        stack: s.clone(),
+                        dir,
+                    },
+                    format!("docker compose up -d for {s} if it changed"),
+                ));
                 for g in gates_for(s, GateWhen::After) {
-                    steps.push(step("gate", Some(&g), Action::Gate { gate: g.clone() }, format!("operator gate `{g}` after stack {s}")));
+                    steps.push(step(
+                        "gate",
+                        Some(&g),
+                        Action::Gate { gate: g.clone() },
+                        format!("operator gate `{g}` after stack {s}"),
+                    ));
                 }
             }
         }
         Os::Talos => unreachable!("handled above"),
     }
-    steps.push(step("verify", None, Action::Verify, "verify the hardening rules on the host".into()));
+    steps.push(step(
+        "verify",
+        None,
+        Action::Verify,
+        "verify the hardening rules on the host".into(),
+    ));
     steps
 }
 
 fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPlan {
     let endpoint = format!("https://{}:6443", c.endpoint_vip);
     let addr = |n: &str| {
-        spec.hosts.get(n).and_then(|h| h.address_on(&c.network)).map(|a| a.to_string()).unwrap_or_else(|| n.to_string())
+        spec.hosts
+            .get(n)
+            .and_then(|h| h.address_on(&c.network))
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| n.to_string())
     };
     let cfg = |n: &str| format!("out/talos/{}/{n}.yaml", c.name);
     let talosconfig = format!("out/talos/{}/talosconfig", c.name);
     let mut commands = Vec::new();
     for n in c.control_planes.iter().chain(&c.workers) {
-        commands.push(format!("talosctl apply-config --insecure --nodes {} --file {}", addr(n), cfg(n)));
+        commands.push(format!(
+            "talosctl apply-config --insecure --nodes {} --file {}",
+            addr(n),
+            cfg(n)
+        ));
     }
     if let Some(first) = c.control_planes.first() {
         let a = addr(first);
-        commands.push(format!("talosctl --talosconfig {talosconfig} bootstrap --nodes {a} --endpoints {a}"));
+        commands.push(format!(
+            "talosctl --talosconfig {talosconfig} bootstrap --nodes {a} --endpoints {a}"
+        ));
     }
     // talosctl talks to control-plane nodes directly; the VIP is for the Kubernetes API only (it follows etcd).
     let eps: Vec<String> = c.control_planes.iter().map(|n| addr(n)).collect();
     let first = eps.first().cloned().unwrap_or_default();
     commands.push(format!("talosctl --talosconfig {talosconfig} kubeconfig out/talos/{}/kubeconfig --nodes {first} --endpoints {}", c.name, eps.join(",")));
-    commands.push(format!("talosctl --talosconfig {talosconfig} health --nodes {first} --endpoints {}", eps.join(",")));
+    commands.push(format!(
+        "talosctl --talosconfig {talosconfig} health --nodes {first} --endpoints {}",
+        eps.join(",")
+    ));
     ClusterPlan {
         name: c.name.clone(),
         talos_version: c.talos_version.clone(),
@@ -310,7 +544,11 @@ fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPl
         endpoint,
         control_planes: c.control_planes.clone(),
         workers: c.workers.clone(),
-        artifacts: all.iter().filter(|a| a.cluster.as_deref() == Some(c.name.as_str())).cloned().collect(),
+        artifacts: all
+            .iter()
+            .filter(|a| a.cluster.as_deref() == Some(c.name.as_str()))
+            .cloned()
+            .collect(),
         commands,
     }
 }

@@ -4,6 +4,11 @@
 //! (gitignored) with mode 0600, and are never compared by `render --check`. Every file is written to a
 //! temporary file in the same directory and renamed into place: nothing is ever half-written.
 
+pub mod cloud_init;
+pub mod compose;
+pub mod nixos;
+pub mod talos;
+
 use crate::secrets::Store;
 use crate::spec::Spec;
 use anyhow::{bail, Context, Result};
@@ -48,8 +53,21 @@ pub struct Artifact {
 }
 
 impl Artifact {
-    pub fn new(path: impl Into<String>, kind: Kind, backend: &'static str, hosts: Vec<String>) -> Self {
-        Artifact { path: path.into(), kind, backend, hosts, stack: None, cluster: None, sensitive: false }
+    pub fn new(
+        path: impl Into<String>,
+        kind: Kind,
+        backend: &'static str,
+        hosts: Vec<String>,
+    ) -> Self {
+        Artifact {
+            path: path.into(),
+            kind,
+            backend,
+            hosts,
+            stack: None,
+            cluster: None,
+            sensitive: false,
+        }
     }
     pub fn stack(mut self, s: &str) -> Self {
         self.stack = Some(s.to_string());
@@ -95,7 +113,12 @@ pub trait Backend: Sync {
 
 /// Every backend, in a fixed order.
 pub fn backends() -> Vec<&'static dyn Backend> {
-    Vec::new()
+    vec![
+        &nixos::Nixos,
+        &cloud_init::CloudInit,
+        &compose::Compose,
+        &talos::Talos,
+    ]
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -118,23 +141,42 @@ impl Report {
 }
 
 /// Render `artifacts` under `root`, or compare them when `check` is set.
-pub fn run(spec: &Spec, store: Option<&Store>, artifacts: &[Artifact], root: &Path, check: bool) -> Result<Report> {
+pub fn run(
+    spec: &Spec,
+    store: Option<&Store>,
+    artifacts: &[Artifact],
+    root: &Path,
+    check: bool,
+) -> Result<Report> {
     let mut by_path: BTreeMap<&str, &Artifact> = BTreeMap::new();
     for a in artifacts {
         by_path.entry(a.path.as_str()).or_insert(a);
     }
-    let ctx = RenderCtx { spec, store: if check { None } else { store } };
+    let ctx = RenderCtx {
+        spec,
+        store: if check { None } else { store },
+    };
     let mut report = Report::default();
     let mut outputs: Vec<(String, Vec<u8>, &Artifact)> = Vec::new();
     for b in backends() {
-        let mine: Vec<&Artifact> = by_path.values().copied().filter(|a| a.backend == b.name()).filter(|a| !(a.sensitive && ctx.store.is_none())).collect();
-        for a in by_path.values().filter(|a| a.backend == b.name() && a.sensitive && ctx.store.is_none()) {
+        let mine: Vec<&Artifact> = by_path
+            .values()
+            .copied()
+            .filter(|a| a.backend == b.name())
+            .filter(|a| !(a.sensitive && ctx.store.is_none()))
+            .collect();
+        for a in by_path
+            .values()
+            .filter(|a| a.backend == b.name() && a.sensitive && ctx.store.is_none())
+        {
             report.sensitive_skipped.push(a.path.clone());
         }
         if mine.is_empty() {
             continue;
         }
-        let produced = b.render(&ctx, &mine).with_context(|| format!("rendering with the {} backend", b.name()))?;
+        let produced = b
+            .render(&ctx, &mine)
+            .with_context(|| format!("rendering with the {} backend", b.name()))?;
         let want: BTreeSet<&str> = mine.iter().map(|a| a.path.as_str()).collect();
         let got: BTreeSet<&str> = produced.iter().map(|(p, _)| p.as_str()).collect();
         if want != got {
@@ -176,7 +218,11 @@ pub fn run(spec: &Spec, store: Option<&Store>, artifacts: &[Artifact], root: &Pa
         for b in backends() {
             for dir in b.owned_dirs() {
                 for f in walk(&root.join(dir))? {
-                    let rel = f.strip_prefix(root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+                    let rel = f
+                        .strip_prefix(root)
+                        .unwrap_or(&f)
+                        .to_string_lossy()
+                        .replace('\\', "/");
                     if !planned.contains(rel.as_str()) {
                         report.stale.push(rel);
                     }
@@ -189,7 +235,10 @@ pub fn run(spec: &Spec, store: Option<&Store>, artifacts: &[Artifact], root: &Pa
 
 fn check_relative(rel: &str) -> Result<()> {
     let p = Path::new(rel);
-    if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
         bail!("internal error: artifact path `{rel}` is not a plain relative path");
     }
     Ok(())
@@ -218,9 +267,11 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let cur = std::fs::metadata(path).with_context(|| format!("reading metadata of {}", path.display()))?;
+    let cur = std::fs::metadata(path)
+        .with_context(|| format!("reading metadata of {}", path.display()))?;
     if cur.permissions().mode() & 0o777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
     }
     Ok(())
 }
@@ -229,7 +280,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".labforge-")
         .tempfile_in(dir)
@@ -237,10 +289,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting mode on a temporary file for {}", path.display()))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode on a temporary file for {}", path.display()))?;
     }
-    tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into place {}", path.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into place {}", path.display()))?;
     Ok(())
 }

@@ -83,7 +83,9 @@ impl Store {
             .site
             .age_recipients
             .iter()
-            .map(|r| age::x25519::Recipient::from_str(r).map_err(|e| anyhow!("site.age_recipients: {e}")))
+            .map(|r| {
+                age::x25519::Recipient::from_str(r).map_err(|e| anyhow!("site.age_recipients: {e}"))
+            })
             .collect::<Result<_>>()?;
         if let Some(id) = &identity {
             let own = id.to_public();
@@ -91,7 +93,11 @@ impl Store {
                 recipients.push(own);
             }
         }
-        Ok(Store { dir: root.join("secrets"), identity, recipients })
+        Ok(Store {
+            dir: root.join("secrets"),
+            identity,
+            recipients,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -99,7 +105,16 @@ impl Store {
     }
 
     fn file(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || name.split('/').any(|c| c.is_empty() || c == "." || c == ".." || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))) {
+        if name.is_empty()
+            || name.split('/').any(|c| {
+                c.is_empty()
+                    || c == "."
+                    || c == ".."
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+        {
             bail!("internal error: invalid secret name `{name}`");
         }
         Ok(self.dir.join(format!("{name}.age")))
@@ -109,7 +124,9 @@ impl Store {
         self.identity.as_ref().ok_or_else(|| {
             anyhow!(
                 "no age identity at {}: run `labforge secrets init` (or set LABFORGE_AGE_IDENTITY)",
-                default_identity_path().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.config/labforge/identity.txt".into())
+                default_identity_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "~/.config/labforge/identity.txt".into())
             )
         })
     }
@@ -126,22 +143,33 @@ impl Store {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let id = self.need_identity()?;
-        let dec = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(&data[..])).with_context(|| format!("{} is not an age file", path.display()))?;
+        let dec = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(&data[..]))
+            .with_context(|| format!("{} is not an age file", path.display()))?;
         let mut r = dec
             .decrypt(std::iter::once(id as &dyn age::Identity))
-            .with_context(|| format!("decrypting {} (is it encrypted to your identity? see site.age_recipients)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "decrypting {} (is it encrypted to your identity? see site.age_recipients)",
+                    path.display()
+                )
+            })?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out).with_context(|| format!("decrypting {}", path.display()))?;
+        r.read_to_end(&mut out)
+            .with_context(|| format!("decrypting {}", path.display()))?;
         Ok(Some(Secret(out)))
     }
 
     pub fn put(&self, name: &str, value: &[u8]) -> Result<()> {
         self.need_identity()?;
         let path = self.file(name)?;
-        let enc = age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient)).map_err(|e| anyhow!("age: {e}"))?;
+        let enc = age::Encryptor::with_recipients(
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|e| anyhow!("age: {e}"))?;
         let mut ct = Vec::new();
         {
-            let armor = age::armor::ArmoredWriter::wrap_output(&mut ct, age::armor::Format::AsciiArmor)?;
+            let armor =
+                age::armor::ArmoredWriter::wrap_output(&mut ct, age::armor::Format::AsciiArmor)?;
             let mut w = enc.wrap_output(armor)?;
             w.write_all(value)?;
             w.finish()?.finish()?;
@@ -150,7 +178,11 @@ impl Store {
     }
 
     /// The stored value, or a freshly generated one that is stored first.
-    pub fn get_or_generate(&self, name: &str, generate: impl FnOnce() -> Result<Vec<u8>>) -> Result<Secret> {
+    pub fn get_or_generate(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Secret> {
         if let Some(v) = self.get(name)? {
             return Ok(v);
         }
@@ -164,13 +196,21 @@ impl Store {
     pub fn ssh_host_key(&self, host: &str) -> Result<HostKey> {
         let name = format!("ssh-host-keys/{host}");
         let private = self.get_or_generate(&name, || {
-            let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| anyhow!("generating an SSH host key: {e}"))?;
+            let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+                .map_err(|e| anyhow!("generating an SSH host key: {e}"))?;
             let mut k = k;
             k.set_comment(format!("root@{host}"));
-            Ok(k.to_openssh(ssh_key::LineEnding::LF).map_err(|e| anyhow!("encoding an SSH host key: {e}"))?.as_bytes().to_vec())
+            Ok(k.to_openssh(ssh_key::LineEnding::LF)
+                .map_err(|e| anyhow!("encoding an SSH host key: {e}"))?
+                .as_bytes()
+                .to_vec())
         })?;
-        let key = ssh_key::PrivateKey::from_openssh(private.expose()).map_err(|e| anyhow!("secrets/{name}.age does not hold an OpenSSH private key: {e}"))?;
-        let public = key.public_key().to_openssh().map_err(|e| anyhow!("encoding a public key: {e}"))?;
+        let key = ssh_key::PrivateKey::from_openssh(private.expose())
+            .map_err(|e| anyhow!("secrets/{name}.age does not hold an OpenSSH private key: {e}"))?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| anyhow!("encoding a public key: {e}"))?;
         let pub_path = self.dir.join(format!("{name}.pub"));
         if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(&format!("{public}\n")) {
             crate::render::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
@@ -180,7 +220,9 @@ impl Store {
 
     /// The public half of a host key, if one was generated (no identity needed).
     pub fn ssh_host_public_key(&self, host: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(format!("ssh-host-keys/{host}.pub"))).ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string(self.dir.join(format!("ssh-host-keys/{host}.pub")))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// Resolve a spec secret reference to its value, wherever it lives.
@@ -204,22 +246,32 @@ impl Store {
 }
 
 fn read_identity(p: &Path) -> Result<age::x25519::Identity> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading age identity {}", p.display()))?;
-    let line = text.lines().map(str::trim).find(|l| l.starts_with("AGE-SECRET-KEY-")).ok_or_else(|| anyhow!("{} holds no AGE-SECRET-KEY line", p.display()))?;
-    age::x25519::Identity::from_str(line).map_err(|e| anyhow!("{}: not an age identity: {e}", p.display()))
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading age identity {}", p.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .ok_or_else(|| anyhow!("{} holds no AGE-SECRET-KEY line", p.display()))?;
+    age::x25519::Identity::from_str(line)
+        .map_err(|e| anyhow!("{}: not an age identity: {e}", p.display()))
 }
 
 /// Create the operator's identity if missing; returns (path, public key, created).
 pub fn init_identity() -> Result<(PathBuf, String, bool)> {
     use age::secrecy::ExposeSecret;
-    let p = default_identity_path().ok_or_else(|| anyhow!("neither LABFORGE_AGE_IDENTITY nor HOME is set"))?;
+    let p = default_identity_path()
+        .ok_or_else(|| anyhow!("neither LABFORGE_AGE_IDENTITY nor HOME is set"))?;
     if p.exists() {
         let id = read_identity(&p)?;
         return Ok((p, id.to_public().to_string(), false));
     }
     let id = age::x25519::Identity::generate();
     let public = id.to_public().to_string();
-    let body = format!("# labforge operator identity — keep private, back it up\n# public key: {public}\n{}\n", id.to_string().expose_secret());
+    let body = format!(
+        "# labforge operator identity — keep private, back it up\n# public key: {public}\n{}\n",
+        id.to_string().expose_secret()
+    );
     crate::render::write_atomic(&p, body.as_bytes(), 0o600)?;
     Ok((p, public, true))
 }
@@ -232,13 +284,18 @@ pub fn generate_value(kind: &str) -> Result<Vec<u8>> {
     Ok(match kind {
         "password" => {
             const ALPHA: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-            bytes.iter().take(24).map(|b| ALPHA[*b as usize % ALPHA.len()]).collect()
+            bytes
+                .iter()
+                .take(24)
+                .map(|b| ALPHA[*b as usize % ALPHA.len()])
+                .collect()
         }
         "token" | "base64-32" => {
             const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = Vec::new();
             for chunk in bytes.chunks(3) {
-                let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | *b as u32) << (8 * (3 - chunk.len()));
+                let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | *b as u32)
+                    << (8 * (3 - chunk.len()));
                 for i in 0..(chunk.len() + 1) {
                     out.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
                 }

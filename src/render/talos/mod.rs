@@ -1,0 +1,19 @@
+//! The talos backend.
+
+use crate::render::{Artifact, Backend, RenderCtx};
+use crate::spec::Spec;
+use anyhow::Result;
+
+pub struct Talos;
+
+impl Backend for Talos {
+    fn name(&self) -> &'static str {
+        "talos"
+    }
+    fn plan(&self, _spec: &Spec) -> Vec<Artifact> {
+        Vec::new()
+    }
+    fn render(&self, _ctx: &RenderCtx, _artifacts: &[&Artifact]) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+}

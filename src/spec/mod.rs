@@ -86,8 +86,15 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
     let mut sources = SourceMap::default();
     let mut diags = Vec::new();
     let mut merged = Merged::default();
+    let cwd = std::env::current_dir().ok();
     for (path, bytes) in inputs {
-        let display = path.display().to_string();
+        // Show paths relative to the working directory when they are below it.
+        let display = cwd
+            .as_ref()
+            .and_then(|c| path.strip_prefix(c).ok())
+            .unwrap_or(path)
+            .display()
+            .to_string();
         let text = match std::str::from_utf8(bytes) {
             Ok(t) => t.to_string(),
             Err(e) => {
@@ -108,7 +115,7 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         let id = sources.add(path, display, text);
         let text = &sources.files[id].text;
         match toml::from_str::<RawFile>(text) {
-            Ok(file) => merge_file(&mut merged, id, file, &mut diags),
+            Ok(file) => merge_file(&mut merged, id, file, &mut diags, &sources),
             Err(e) => diags.push(parse_error(id, text, &e)),
         }
     }
@@ -132,41 +139,58 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
     }
 }
 
-fn merge_file(m: &mut Merged, file: FileId, f: RawFile, diags: &mut Vec<Diagnostic>) {
+fn merge_file(
+    m: &mut Merged,
+    file: FileId,
+    f: RawFile,
+    diags: &mut Vec<Diagnostic>,
+    sources: &SourceMap,
+) {
+    let where_ = |fid: FileId, span: std::ops::Range<usize>| {
+        let (name, line, col) = sources.line_col(Loc::new(fid, span));
+        format!("{name}:{line}:{col}")
+    };
     if let Some(site) = f.site {
-        if let Some((prev, _)) = &m.site {
-            let prev = *prev;
+        if let Some((prev, ps)) = &m.site {
             diags.push(
                 Diagnostic::error("SPEC004", "site", "[site] is defined in more than one file")
                     .at(Some(Loc::new(file, site.span())))
                     .help(format!(
-                        "keep one [site] table; the other one is in file #{prev}"
+                        "keep one [site] table; the first one is at {}",
+                        where_(*prev, ps.span())
                     )),
             );
         } else {
             m.site = Some((file, site));
         }
     }
-    fn put<T>(
+    fn put_table<T>(
         table: &str,
         dst: &mut BTreeMap<String, Def<T>>,
         file: FileId,
         src: raw::Map<T>,
         diags: &mut Vec<Diagnostic>,
+        where_: &dyn Fn(FileId, std::ops::Range<usize>) -> String,
     ) {
         for (k, v) in src {
             let name = k.get_ref().clone();
-            if dst.contains_key(&name) {
-                diags.push(
-                    Diagnostic::error(
+            if let Some(prev) = dst.get(&name) {
+                // Hostnames get their own rule: two machines claiming one name is an inventory error.
+                let (rule, what) = if table == "hosts" {
+                    ("SPEC014", format!("duplicate hostname `{name}`"))
+                } else {
+                    (
                         "SPEC004",
-                        format!("{table}.{name}"),
                         format!("{table}.{name} is defined more than once"),
                     )
-                    .at(Some(Loc::new(file, k.span())))
-                    .help(format!(
-                        "rename it or merge the two definitions of {table}.{name} into one"
-                    )),
+                };
+                diags.push(
+                    Diagnostic::error(rule, format!("{table}.{name}"), what)
+                        .at(Some(Loc::new(file, k.span())))
+                        .help(format!(
+                            "first defined at {}; rename one or merge the two definitions",
+                            where_(prev.file, prev.key.span())
+                        )),
                 );
                 continue;
             }
@@ -180,14 +204,28 @@ fn merge_file(m: &mut Merged, file: FileId, f: RawFile, diags: &mut Vec<Diagnost
             );
         }
     }
-    put("networks", &mut m.networks, file, f.networks, diags);
-    put("roles", &mut m.roles, file, f.roles, diags);
-    put("tags", &mut m.tags, file, f.tags, diags);
-    put("hosts", &mut m.hosts, file, f.hosts, diags);
-    put("stacks", &mut m.stacks, file, f.stacks, diags);
-    put("clusters", &mut m.clusters, file, f.clusters, diags);
-    put("secrets", &mut m.secrets, file, f.secrets, diags);
-    put("gates", &mut m.gates, file, f.gates, diags);
+    put_table(
+        "networks",
+        &mut m.networks,
+        file,
+        f.networks,
+        diags,
+        &where_,
+    );
+    put_table("roles", &mut m.roles, file, f.roles, diags, &where_);
+    put_table("tags", &mut m.tags, file, f.tags, diags, &where_);
+    put_table("hosts", &mut m.hosts, file, f.hosts, diags, &where_);
+    put_table("stacks", &mut m.stacks, file, f.stacks, diags, &where_);
+    put_table(
+        "clusters",
+        &mut m.clusters,
+        file,
+        f.clusters,
+        diags,
+        &where_,
+    );
+    put_table("secrets", &mut m.secrets, file, f.secrets, diags, &where_);
+    put_table("gates", &mut m.gates, file, f.gates, diags, &where_);
 }
 
 /// Turn a TOML/serde error into a located diagnostic with the field path and a fix.

@@ -198,6 +198,8 @@ pub struct Network {
     pub nameservers: Vec<IpAddr>,
     #[serde(skip)]
     pub loc: Option<Loc>,
+    #[serde(skip)]
+    pub cidr_loc: Option<Loc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -357,6 +359,9 @@ pub struct Mount {
     pub export: String,
     pub at: String,
     pub options: Vec<String>,
+    /// Where `from` and `export` are written (for messages).
+    #[serde(skip)]
+    pub locs: (Option<Loc>, Option<Loc>),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -712,6 +712,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                     role,
                     nameservers,
                     loc: at(f, &d.key),
+                    cidr_loc: at(f, &n.cidr),
                 },
             );
         }
@@ -723,7 +724,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                 c.err(
                     "SPEC015",
                     format!("networks.{}.cidr", b.name),
-                    b.loc,
+                    b.cidr_loc,
                     format!("{} overlaps network `{}` ({})", b.cidr, a.name, a.cidr),
                     "give each VLAN its own, non-overlapping subnet",
                 );
@@ -1833,6 +1834,7 @@ fn host_pass1(
                 export: mt.export.get_ref().clone(),
                 at: mt.at.get_ref().clone(),
                 options: mt.options.iter().map(|o| o.get_ref().clone()).collect(),
+                locs: (at(*lf, &mt.from), at(*lf, &mt.export)),
             });
         }
     }
@@ -2622,7 +2624,8 @@ fn seed_rules(
         // Mounts: storage host exists, exports the path, shares a network.
         for (mi, mt) in h.mounts.iter().enumerate() {
             let mp = format!("{p}.mounts[{mi}]");
-            let loc = rh.mounts.get(mi).map(|x| Loc::new(f, x.span())).or(key_loc);
+            let loc = mt.locs.0.or(key_loc);
+            let export_loc = mt.locs.1.or(key_loc);
             match hosts.get(&mt.from) {
                 None => {
                     if !m.hosts.contains_key(&mt.from) {
@@ -2642,7 +2645,7 @@ fn seed_rules(
                         c.err(
                             "SPEC016",
                             format!("{mp}.export"),
-                            loc,
+                            export_loc,
                             format!("host `{}` exports no `{}`", mt.from, mt.export),
                             format!("add it to hosts.{}.exports or fix the path", mt.from),
                         );

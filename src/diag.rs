@@ -129,11 +129,8 @@ fn render_one(out: &mut String, d: &Diagnostic, sources: &SourceMap) {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    match (&d.file, d.line, d.column) {
-        (Some(f), Some(l), Some(c)) => {
-            let _ = write!(out, "{f}:{l}:{c}: ");
-        }
-        _ => {}
+    if let (Some(f), Some(l), Some(c)) = (&d.file, d.line, d.column) {
+        let _ = write!(out, "{f}:{l}:{c}: ");
     }
     let _ = writeln!(out, "{sev}[{}] {}: {}", d.rule, d.path, d.message);
     if let Some(loc) = d.loc {

@@ -1192,9 +1192,8 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
     // ---- exceptions ----
     apply_exceptions(&mut c, m, &hosts, &stacks);
 
-    if m.site.is_none() {
-        return None;
-    }
+    m.site.as_ref()?;
+    resolve_mount_servers(&mut hosts, &networks);
     let spec = Spec {
         revision: sources.revision(),
         site,
@@ -2972,6 +2971,40 @@ fn apply_exceptions(
                     ),
                     "remove the stale exception, or fix its subject to the path the finding names",
                 );
+            }
+        }
+    }
+}
+
+/// Each mount's server address: the storage host's address on a network both hosts share, preferring a
+/// storage-role network, then servers, then any other.
+fn resolve_mount_servers(hosts: &mut BTreeMap<String, Host>, networks: &BTreeMap<String, Network>) {
+    let rank = |n: &str| match networks.get(n).map(|n| n.role) {
+        Some(NetRole::Storage) => 0,
+        Some(NetRole::Servers) => 1,
+        _ => 2,
+    };
+    let addrs: BTreeMap<String, Vec<(String, IpAddr)>> = hosts
+        .iter()
+        .map(|(n, h)| {
+            (
+                n.clone(),
+                h.interfaces
+                    .iter()
+                    .filter_map(|i| i.address.map(|a| (i.network.clone(), a)))
+                    .collect(),
+            )
+        })
+        .collect();
+    for h in hosts.values_mut() {
+        let mine: BTreeSet<String> = h.interfaces.iter().map(|i| i.network.clone()).collect();
+        for mt in &mut h.mounts {
+            if let Some(best) = addrs.get(&mt.from).and_then(|v| {
+                v.iter()
+                    .filter(|(n, _)| mine.contains(n))
+                    .min_by_key(|(n, _)| rank(n))
+            }) {
+                mt.server = best.1;
             }
         }
     }

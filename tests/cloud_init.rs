@@ -573,11 +573,9 @@ fn secret_canaries_appear_only_where_they_belong() {
         vec!["render", "--json"],
         vec!["plan", "--json"],
     ] {
-        let mut full = vec![("LABFORGE_AGE_IDENTITY", "")];
-        full.clear();
-        full.extend(env.iter().copied());
         let p = root.join(".test-identity.txt");
         let ps = p.to_string_lossy().into_owned();
+        let mut full: Vec<(&str, &str)> = env.to_vec();
         full.push(("LABFORGE_AGE_IDENTITY", ps.as_str()));
         let o = common::labforge_env(root, &args, &full);
         ok(&o, &format!("{args:?}"));

@@ -489,11 +489,16 @@ fn network_docs(spec: &Spec, c: &Cluster, h: &Host, control_plane: bool) -> Resu
         d.extend(addressing(i));
         docs.push(m(d));
         if i.address.is_none() {
-            dhcp.push(m(vec![
+            let mut d = vec![
                 ("apiVersion", s("v1alpha1")),
                 ("kind", s("DHCPv4Config")),
                 ("name", s(&l.link)),
-            ]));
+            ];
+            // A statically configured default route wins over a DHCP-learned one.
+            if default_iface.is_some() {
+                d.push(("routeMetric", int(2048)));
+            }
+            dhcp.push(m(d));
         }
     }
     docs.extend(dhcp);
@@ -545,15 +550,15 @@ fn v1alpha1_doc(spec: &Spec, c: &Cluster, h: &Host, cp: bool, b: &Bundle) -> Res
         .get(&c.network)
         .map(|n| n.cidr)
         .ok_or_else(|| anyhow!("internal error: unknown network {}", c.network))?;
-    let own = cluster_addr(spec, c, &h.name)?;
+    if cp {
+        // talosctl endpoints, etcd peers and the VIP need a fixed address on the cluster network.
+        cluster_addr(spec, c, &h.name)?;
+    }
     let mut sans: Vec<String> = h
         .interfaces
         .iter()
         .filter_map(|i| i.address.map(|a| a.to_string()))
         .collect();
-    if sans.is_empty() {
-        sans.push(own.to_string());
-    }
     sans.push(h.name.clone());
     let k8s = &c.kubernetes_version;
     let (pods, services) = cluster_subnets(spec)?;

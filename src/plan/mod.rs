@@ -56,8 +56,13 @@ pub enum ImagePlan {
         layout: String,
         output: String,
     },
-    /// Talos Image Factory image for the node's schematic.
-    TalosFactory { cluster: String, output: String },
+    /// Talos Image Factory image for the node's schematic (ID computed offline; see render::talos::schematic).
+    TalosFactory {
+        cluster: String,
+        output: String,
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        images: Option<render::talos::NodeImages>,
+    },
 }
 
 /// How an image for another architecture is built.
@@ -204,7 +209,7 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
                 } else {
                     None
                 },
-                image: image_plan(h),
+                image: image_plan(spec, h),
                 deploy: deploy_steps(spec, h, &artifacts),
                 artifacts,
             }
@@ -254,7 +259,7 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
     }
 }
 
-fn image_plan(h: &Host) -> ImagePlan {
+fn image_plan(spec: &Spec, h: &Host) -> ImagePlan {
     let output = format!("out/images/{}.img", h.name);
     match h.os {
         Os::Nixos => ImagePlan::NixBuild {
@@ -303,6 +308,11 @@ fn image_plan(h: &Host) -> ImagePlan {
         Os::Talos => ImagePlan::TalosFactory {
             cluster: h.cluster.clone().unwrap_or_default(),
             output,
+            images: h
+                .cluster
+                .as_ref()
+                .and_then(|c| spec.clusters.get(c))
+                .and_then(|c| render::talos::node_images(c, h).ok()),
         },
     }
 }
@@ -333,7 +343,7 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                 None,
                 Action::TalosApplyConfig {
                     node: addr,
-                    config: format!("out/talos/{}/{}.yaml", cl.name, h.name),
+                    config: render::talos::config_path(&cl.name, &h.name),
                     insecure: true,
                 },
                 "apply the machine config (insecure: first install, maintenance mode)".into(),
@@ -513,8 +523,8 @@ fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPl
             .map(|a| a.to_string())
             .unwrap_or_else(|| n.to_string())
     };
-    let cfg = |n: &str| format!("out/talos/{}/{n}.yaml", c.name);
-    let talosconfig = format!("out/talos/{}/talosconfig", c.name);
+    let cfg = |n: &str| render::talos::config_path(&c.name, n);
+    let talosconfig = render::talos::talosconfig_path(&c.name);
     let mut commands = Vec::new();
     for n in c.control_planes.iter().chain(&c.workers) {
         commands.push(format!(

@@ -433,6 +433,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
         nameservers: vec![],
         admins: vec![],
         age_recipients: vec![],
+        loc: m.site.as_ref().and_then(|(f, s)| at(*f, s)),
     };
     if let Some(s) = site_raw {
         let f = site_file;
@@ -2438,6 +2439,7 @@ fn stack(
         volumes,
         services,
         hosts: vec![],
+        loc: at(f, &d.key),
     })
 }
 

@@ -9,7 +9,7 @@
 
   # /srv/appdata from atlas (nfs).
   fileSystems."/srv/appdata" = {
-    device = "0.0.0.0:/export/appdata";
+    device = "10.60.0.20:/export/appdata";
     fsType = "nfs";
     options = [ "nfsvers=4.2" "hard" ];
   };

@@ -179,6 +179,9 @@ pub struct Site {
     pub nameservers: Vec<IpAddr>,
     pub admins: Vec<Admin>,
     pub age_recipients: Vec<String>,
+    /// Where `[site]` is defined (renders name their spec files in headers).
+    #[serde(skip)]
+    pub loc: Option<Loc>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -402,6 +405,8 @@ pub struct Stack {
     pub services: BTreeMap<String, Service>,
     /// Hosts that run this stack.
     pub hosts: Vec<String>,
+    #[serde(skip)]
+    pub loc: Option<Loc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -49,9 +49,10 @@ const STUB_INPUTS: &str = r#"{ nixos-hardware.nixosModules = {
 fn eval_host(root: &Path, host: &str, pkgs: &[&str]) -> Value {
     let t = tempfile::tempdir().unwrap();
     let pkg_list: Vec<String> = pkgs.iter().map(|p| nix_str(p)).collect();
+    let host_path = nix_str(&root.join("nixos/hosts").join(host).to_string_lossy());
     let expr = format!(
-        "import ./modsys.nix {{ modules = [ {} {{ virtualisation.docker.package = \"/stub/docker\"; }} ]; specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = [ {} ]; }}",
-        format!("(/. + {})", nix_str(&root.join("nixos/hosts").join(host).to_string_lossy())),
+        "import ./modsys.nix {{ modules = [ (/. + {}) {{ virtualisation.docker.package = \"/stub/docker\"; }} ]; specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = [ {} ]; }}",
+        host_path,
         pkg_list.join(" ")
     );
     nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("evaluating {host}:\n{e}\n{expr}"))
@@ -146,7 +147,7 @@ fn example_hosts_evaluate_to_the_hardened_baseline() {
         assert_eq!(ops["isNormalUser"], true);
         assert_eq!(strs(&ops["extraGroups"]), ["wheel"]);
         assert!(
-            strs(&at(ops, &["openssh", "authorizedKeys", "keys"]))[0].ends_with("ops@workstation")
+            strs(at(ops, &["openssh", "authorizedKeys", "keys"]))[0].ends_with("ops@workstation")
         );
         assert_eq!(at(c, &["networking", "hostName"]), host);
         assert_eq!(at(c, &["system", "stateVersion"]), "25.05");
@@ -270,7 +271,7 @@ fn storage_services_and_networking_follow_the_spec() {
         "b0:4f:13:60:00:50"
     );
     assert_eq!(
-        strs(&at(net, &["networks", "30-eno1", "gateway"])),
+        strs(at(net, &["networks", "30-eno1", "gateway"])),
         ["10.60.0.1"]
     );
     assert!(net["networks"]["30-eno2"].get("gateway").is_none());
@@ -292,7 +293,7 @@ fn storage_services_and_networking_follow_the_spec() {
         60
     );
     assert_eq!(
-        strs(&at(
+        strs(at(
             c,
             &["systemd", "network", "networks", "30-end0", "vlan"]
         )),

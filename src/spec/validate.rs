@@ -1176,36 +1176,6 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
     // ---- cross-object seed rules ----
     seed_rules(&mut c, m, &networks, &hosts, &stacks);
 
-    // Mount server addresses: the storage host's address on a network both hosts share (storage first,
-    // then servers), as the mount rule above checks.
-    let mut servers = Vec::new();
-    for (hn, h) in &hosts {
-        for (mi, mt) in h.mounts.iter().enumerate() {
-            let Some(srv) = hosts.get(&mt.from) else {
-                continue;
-            };
-            let shared = srv
-                .interfaces
-                .iter()
-                .filter(|si| {
-                    si.address.is_some() && h.interfaces.iter().any(|hi| hi.network == si.network)
-                })
-                .min_by_key(|si| match networks.get(&si.network).map(|n| n.role) {
-                    Some(NetRole::Storage) => 0,
-                    Some(NetRole::Servers) => 1,
-                    _ => 2,
-                });
-            if let Some(a) = shared.and_then(|si| si.address) {
-                servers.push((hn.clone(), mi, a));
-            }
-        }
-    }
-    for (hn, mi, a) in servers {
-        if let Some(h) = hosts.get_mut(&hn) {
-            h.mounts[mi].server = a;
-        }
-    }
-
     // ---- unused definitions (warnings) ----
     for (name, st) in &stacks {
         if st.hosts.is_empty() {

@@ -85,6 +85,8 @@ case('weak-mac-algorithm', 'firewall_default = "drop"', 'firewall_default = "dro
 case('algorithms-labforge-cannot-speak', 'firewall_default = "drop"', 'firewall_default = "drop"\nkex_algorithms = ["sntrup761x25519-sha512@openssh.com"]' + M('SPEC003'))
 case('relative-mount-path', 'at = "/srv/data"', 'at = "srv/data"' + M('SPEC019'))
 case('gate-unknown-stack', '[clusters.k]', '[gates.g1]\nseed = "001"\ntitle = "t"\nwhen = "before:stack:nope"' + M('SPEC016') + '\nchecklist = ["x"]\n\n[clusters.k]')
+case('talos-patch-sets-a-secret', 'talos = { install_disk = "/dev/sda" }', 'talos = { install_disk = "/dev/sda", patches = [{ machine = { token = "abcdef.0123456789abcdef" } }] }' + M('SPEC003'))
+case('talos-patch-unknown-section', 'talos = { install_disk = "/dev/sda" }', 'talos = { install_disk = "/dev/sda", patches = [{ machines = { install = { wipe = true } } }] }' + M('SPEC003'))
 for name, text in cases:
     assert '# expect ' in text, name
     open(f'{out}/{name}.toml', 'w').write(text)

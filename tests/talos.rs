@@ -1004,3 +1004,67 @@ fn dhcp_workers_render_but_a_control_plane_needs_a_static_address() {
         "{err}"
     );
 }
+
+#[test]
+fn spec_patches_apply_last_cluster_first_then_node_and_stay_schema_valid() {
+    let mut log = Vec::new();
+    let t = common::example_lab();
+    // A cluster-wide patch on top of the example lab's node patch (Longhorn's kubelet mount on domum-w1).
+    let f = t.path().join("hosts/domum.toml");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        "extensions = [\"siderolabs/iscsi-tools\", \"siderolabs/util-linux-tools\"]\n",
+        "extensions = [\"siderolabs/iscsi-tools\", \"siderolabs/util-linux-tools\"]\npatches = [{ machine = { sysctls = { \"vm.max_map_count\" = \"262144\" }, install = { wipe = true } } }]\n",
+    );
+    std::fs::write(&f, text).unwrap();
+    rendered(t.path(), &mut log);
+    let cfgs = node_configs(t.path(), "domum");
+    for (node, docs) in &cfgs {
+        let v1 = &docs[0];
+        assert_eq!(
+            v1["machine"]["sysctls"]["vm.max_map_count"], "262144",
+            "{node}: cluster patch"
+        );
+        assert_eq!(
+            v1["machine"]["install"]["wipe"], true,
+            "{node}: patched key"
+        );
+        // The merge keeps what labforge set beside the patched key.
+        assert!(
+            v1["machine"]["install"]["disk"]
+                .as_str()
+                .unwrap()
+                .starts_with("/dev/"),
+            "{node}: install.disk kept"
+        );
+        let mounts = &v1["machine"]["kubelet"]["extraMounts"];
+        if node == "domum-w1" {
+            assert_eq!(mounts[0]["destination"], "/var/lib/longhorn");
+            assert_eq!(
+                mounts[0]["options"],
+                serde_json::json!(["bind", "rshared", "rw"])
+            );
+        } else {
+            assert!(
+                mounts.is_null(),
+                "{node}: node patches apply to their node only"
+            );
+        }
+    }
+    let schema = TalosSchema::load();
+    for (node, docs) in &cfgs {
+        for d in docs {
+            let errs = schema.errors(d);
+            assert!(
+                errs.is_empty(),
+                "{node}: patched document fails the schema: {errs:?}"
+            );
+        }
+    }
+    // A patch that breaks the schema is caught by the same judge (e.g. a sysctl value that is not a string).
+    let mut bad = cfgs["domum-w1"][0].clone();
+    bad["machine"]["sysctls"]["vm.max_map_count"] = serde_json::json!(262144);
+    assert!(
+        !schema.errors(&bad).is_empty(),
+        "a non-string sysctl must fail the schema"
+    );
+}

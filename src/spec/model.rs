@@ -393,6 +393,8 @@ pub struct Exception {
 pub struct TalosNode {
     pub install_disk: String,
     pub extensions: Vec<String>,
+    /// Strategic-merge patches onto the `v1alpha1` document (maps merge, everything else replaces).
+    pub patches: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -532,6 +534,7 @@ pub struct Cluster {
     pub workers: Vec<String>,
     pub extensions: Vec<String>,
     pub allow_scheduling_on_control_planes: bool,
+    pub patches: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -235,6 +235,9 @@ pub struct RawTalosNode {
     pub install_disk: S<String>,
     #[serde(default)]
     pub extensions: Vec<S<String>>,
+    /// Strategic-merge patches onto the node's `v1alpha1` document, applied last (after the cluster's).
+    #[serde(default)]
+    pub patches: Vec<S<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,6 +336,9 @@ pub struct RawCluster {
     pub extensions: Vec<S<String>>,
     #[serde(default)]
     pub allow_scheduling_on_control_planes: Option<S<bool>>,
+    /// Strategic-merge patches onto every node's `v1alpha1` document (before node patches).
+    #[serde(default)]
+    pub patches: Vec<S<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1048,6 +1048,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                         .as_ref()
                         .map(|b| *b.get_ref())
                         .unwrap_or(false),
+                    patches: talos_patches(&mut c, f, &cl.patches, &format!("{p}.patches")),
                 },
             );
         }
@@ -1960,6 +1961,7 @@ fn host_pass1(
         TalosNode {
             install_disk: t.install_disk.get_ref().clone(),
             extensions: t.extensions.iter().map(|s| s.get_ref().clone()).collect(),
+            patches: talos_patches(c, f, &t.patches, &format!("{p}.talos.patches")),
         }
     });
     if os == Some(Os::Talos) && talos.is_none() {
@@ -3010,4 +3012,89 @@ fn resolve_mount_servers(hosts: &mut BTreeMap<String, Host>, networks: &BTreeMap
             }
         }
     }
+}
+
+/// Fields of the `v1alpha1` document that carry cluster secrets or identity: labforge owns them, a patch may not.
+const TALOS_OWNED: &[&str] = &[
+    "version",
+    "machine.type",
+    "machine.token",
+    "machine.ca",
+    "machine.acceptedCAs",
+    "cluster.id",
+    "cluster.secret",
+    "cluster.token",
+    "cluster.secretboxEncryptionSecret",
+    "cluster.aescbcEncryptionSecret",
+    "cluster.ca",
+    "cluster.acceptedCAs",
+    "cluster.aggregatorCA",
+    "cluster.serviceAccount",
+    "cluster.etcd.ca",
+    "cluster.controlPlane.endpoint",
+    "cluster.clusterName",
+    "machine.network",
+];
+
+fn talos_patches(
+    c: &mut Ctx,
+    f: FileId,
+    patches: &[S<toml::Table>],
+    path: &str,
+) -> Vec<serde_json::Value> {
+    fn owned(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if TALOS_OWNED.contains(&p.as_str()) {
+                    out.push(p);
+                } else {
+                    owned(&p, x, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, p) in patches.iter().enumerate() {
+        let v = match serde_json::to_value(p.get_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                c.err(
+                    "SPEC003",
+                    format!("{path}[{i}]"),
+                    at(f, p),
+                    format!("the patch cannot be converted: {e}"),
+                    "use plain tables, arrays, strings, numbers and booleans (no dates)",
+                );
+                continue;
+            }
+        };
+        let mut bad = false;
+        for k in p.get_ref().keys() {
+            if !["machine", "cluster", "debug"].contains(&k.as_str()) {
+                bad = true;
+                c.err("SPEC003", format!("{path}[{i}].{k}"), at(f, p), format!("`{k}` is not a section of the Talos v1alpha1 config"), "patches start at `machine`, `cluster` or `debug` (network settings belong in the spec's interfaces)");
+            }
+        }
+        let mut hit = Vec::new();
+        owned("", &v, &mut hit);
+        for h in hit {
+            bad = true;
+            c.err(
+                "SPEC003",
+                format!("{path}[{i}].{h}"),
+                at(f, p),
+                format!("`{h}` is set by labforge (cluster identity, secrets or network)"),
+                "remove it from the patch; secrets live in the store, addresses in the spec",
+            );
+        }
+        if !bad {
+            out.push(v);
+        }
+    }
+    out
 }

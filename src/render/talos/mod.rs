@@ -738,7 +738,19 @@ fn join_docs(head: String, docs: &[Value]) -> Result<Vec<u8>> {
 /// The full machine config of one node (all documents).
 pub fn render_machine_config(spec: &Spec, c: &Cluster, h: &Host, b: &Bundle) -> Result<Vec<u8>> {
     let cp = c.control_planes.contains(&h.name);
-    let mut docs = vec![v1alpha1_doc(spec, c, h, cp, b)?];
+    let mut v1 = v1alpha1_doc(spec, c, h, cp, b)?;
+    // Spec patches last: the cluster's, then the node's (strategic merge: maps merge, the rest replaces).
+    let node_patches = h
+        .talos
+        .as_ref()
+        .map(|t| t.patches.as_slice())
+        .unwrap_or(&[]);
+    for p in c.patches.iter().chain(node_patches) {
+        let p: Value = serde_yaml_ng::to_value(p)
+            .with_context(|| format!("converting a Talos patch of {}", h.name))?;
+        merge_patch(&mut v1, p);
+    }
+    let mut docs = vec![v1];
     docs.extend(network_docs(spec, c, h, cp)?);
     let head = header(
         spec,
@@ -781,4 +793,22 @@ fn render_talosconfig(spec: &Spec, c: &Cluster, b: &Bundle, admin: &AdminCert) -
         c.name
     );
     join_docs(head, &[doc])
+}
+
+/// Strategic merge as `talosctl --config-patch` does for plain values: mappings merge key by key, any other
+/// value (scalars, sequences) replaces what was there.
+fn merge_patch(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Mapping(b), Value::Mapping(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_patch(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
 }

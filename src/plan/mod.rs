@@ -189,14 +189,21 @@ pub fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Host>, Str
 pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
     let backends = render::backends();
     let all_artifacts: Vec<render::Artifact> = backends.iter().flat_map(|b| b.plan(spec)).collect();
+    // host → its artifacts, in backend order (one pass; a shared stack file lists every host running it).
+    let mut by_host: std::collections::BTreeMap<&str, Vec<&render::Artifact>> =
+        std::collections::BTreeMap::new();
+    for a in &all_artifacts {
+        for h in &a.hosts {
+            by_host.entry(h.as_str()).or_default().push(a);
+        }
+    }
     let host_plans = hosts
         .iter()
         .map(|h| {
-            let artifacts: Vec<render::Artifact> = all_artifacts
-                .iter()
-                .filter(|a| a.hosts.iter().any(|x| x == &h.name))
-                .cloned()
-                .collect();
+            let artifacts: Vec<render::Artifact> = by_host
+                .get(h.name.as_str())
+                .map(|v| v.iter().map(|a| (*a).clone()).collect())
+                .unwrap_or_default();
             HostPlan {
                 name: h.name.clone(),
                 os: h.os,

@@ -42,7 +42,9 @@ pub struct Artifact {
     pub path: String,
     pub kind: Kind,
     pub backend: &'static str,
-    /// Hosts this artifact is for (deploy steps pick their files by host).
+    /// Hosts this artifact is for (deploy steps pick their files by host). Not serialized: in the plan an
+    /// artifact is listed under each of its hosts, so repeating the list would make `plan --json` quadratic.
+    #[serde(skip)]
     pub hosts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,

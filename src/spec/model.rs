@@ -535,6 +535,8 @@ pub struct Cluster {
     pub extensions: Vec<String>,
     pub allow_scheduling_on_control_planes: bool,
     pub patches: Vec<serde_json::Value>,
+    #[serde(skip)]
+    pub loc: Option<Loc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -83,6 +83,45 @@ impl SourceMap {
         Some((line, text, col, width))
     }
 
+    /// A file's name for generated-file headers: `<spec dir>/<path below it>` (e.g. `hosts/stacks/dns.toml`),
+    /// independent of the working directory, so renders are byte-identical wherever labforge runs.
+    pub fn spec_name(&self, file: FileId) -> String {
+        let mut common: Option<PathBuf> = None;
+        for f in &self.files {
+            let dir = f.path.parent().unwrap_or(Path::new("")).to_path_buf();
+            common = Some(match common {
+                None => dir,
+                Some(c) => c
+                    .components()
+                    .zip(dir.components())
+                    .take_while(|(a, b)| a == b)
+                    .map(|(a, _)| a)
+                    .collect(),
+            });
+        }
+        let common = common.unwrap_or_default();
+        let base = std::fs::canonicalize(&common)
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .or_else(|| common.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "spec".into());
+        let p = &self.files[file].path;
+        let rel = p.strip_prefix(&common).unwrap_or(p);
+        format!("{base}/{}", rel.to_string_lossy().replace('\\', "/"))
+    }
+
+    /// Sorted, de-duplicated [`Self::spec_name`]s of some files.
+    pub fn spec_names(&self, files: impl IntoIterator<Item = FileId>) -> Vec<String> {
+        let set: std::collections::BTreeSet<FileId> = files
+            .into_iter()
+            .filter(|f| *f < self.files.len())
+            .collect();
+        let mut v: Vec<String> = set.into_iter().map(|f| self.spec_name(f)).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The spec revision: a hash over every file's name and contents, in load order.
     pub fn revision(&self) -> String {
         use sha2::{Digest, Sha256};

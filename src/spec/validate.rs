@@ -1049,6 +1049,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                         .map(|b| *b.get_ref())
                         .unwrap_or(false),
                     patches: talos_patches(&mut c, f, &cl.patches, &format!("{p}.patches")),
+                    loc: at(f, &d.key),
                 },
             );
         }

@@ -254,15 +254,28 @@ pub fn sshd_dropin(spec: &Spec, h: &Host) -> Result<String> {
     c.insert("yn", &ynm);
     c.insert("listen", &listen);
     c.insert("users", &users);
-    tpl("sshd-dropin", SSHD_TEMPLATE, &c)
+    tpl("sshd-dropin", &c)
 }
 
-fn tpl(name: &str, text: &str, c: &tera::Context) -> Result<String> {
-    let mut t = tera::Tera::default();
-    t.autoescape_on(vec![]);
-    t.add_raw_template(name, text)
-        .map_err(|e| anyhow!("internal error: template {name}: {e:?}"))?;
-    t.render(name, c)
+/// The compiled templates, built once per process (compiling per host made seeding N hosts slow).
+fn engine() -> Result<&'static tera::Tera> {
+    static ENGINE: std::sync::OnceLock<std::result::Result<tera::Tera, String>> =
+        std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut t = tera::Tera::default();
+            t.autoescape_on(vec![]);
+            t.add_raw_templates([("sshd-dropin", SSHD_TEMPLATE), ("nftables", NFT_TEMPLATE)])
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(t)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("internal error: a cloud-init template does not compile: {e}"))
+}
+
+fn tpl(name: &str, c: &tera::Context) -> Result<String> {
+    engine()?
+        .render(name, c)
         .map_err(|e| anyhow!("internal error: rendering template {name}: {e:?}"))
 }
 
@@ -410,7 +423,7 @@ pub fn nftables(spec: &Spec, h: &Host) -> Result<String> {
     c.insert("reject", &reject);
     c.insert("dhcp", &h.interfaces.iter().any(|i| i.address.is_none()));
     c.insert("libvirt", &h.virtualisation.is_some());
-    tpl("nftables", NFT_TEMPLATE, &c)
+    tpl("nftables", &c)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -700,7 +713,7 @@ fn user_data(
                 anyhow!("internal error: stack `{sname}` has no directory for this host")
             })?;
         let dest = format!("{STACKS_ON_HOST}/{sname}");
-        for (rel, bytes) in compose::render_dir(spec, st, &sd)? {
+        for (rel, bytes) in compose::render_dir_for(spec, st, &sd, Some(&h.name))? {
             if rel.starts_with("hosts/") && rel != format!("hosts/{}.env", h.name) {
                 continue;
             }

@@ -215,6 +215,17 @@ impl Backend for Compose {
 
 /// Render every file of one stack directory: (path relative to the directory, bytes).
 pub fn render_dir(spec: &Spec, st: &Stack, sd: &StackDir) -> Result<Vec<(String, Vec<u8>)>> {
+    render_dir_for(spec, st, sd, None)
+}
+
+/// [`render_dir`], with the per-host env files limited to `only_host` when given (a host's own seed needs
+/// only its own: rendering every host's would make seeding N hosts quadratic).
+pub fn render_dir_for(
+    spec: &Spec,
+    st: &Stack,
+    sd: &StackDir,
+    only_host: Option<&str>,
+) -> Result<Vec<(String, Vec<u8>)>> {
     let sources = stack_sources(spec, &st.name);
     let mut out = Vec::new();
     out.push((
@@ -244,7 +255,11 @@ pub fn render_dir(spec: &Spec, st: &Stack, sd: &StackDir) -> Result<Vec<(String,
             Flavor::Other => {}
         }
     }
-    for h in &sd.hosts {
+    for h in sd
+        .hosts
+        .iter()
+        .filter(|h| only_host.is_none_or(|o| o == h.as_str()))
+    {
         out.push((
             format!("hosts/{h}.env"),
             host_env(spec, st, h, &sources)?.into_bytes(),
@@ -256,72 +271,16 @@ pub fn render_dir(spec: &Spec, st: &Stack, sd: &StackDir) -> Result<Vec<(String,
 // ---------------------------------------------------------------------------------------------------------
 // Spec file names for headers
 
-/// Spec file names (relative to the spec directory's parent, e.g. `hosts/stacks/monitoring.toml`) whose
-/// text matches `pred`; all spec files if none does. Independent of the directory labforge runs in.
-pub fn spec_file_names(spec: &Spec, pred: &dyn Fn(&str) -> bool) -> Vec<String> {
-    let files = &spec.sources.files;
-    let paths: Vec<std::path::PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    let mut common: Option<std::path::PathBuf> = None;
-    for p in &paths {
-        let parent = p.parent().map(|x| x.to_path_buf()).unwrap_or_default();
-        common = Some(match common {
-            None => parent,
-            Some(c) => {
-                let mut acc = std::path::PathBuf::new();
-                for (a, b) in c.components().zip(parent.components()) {
-                    if a != b {
-                        break;
-                    }
-                    acc.push(a.as_os_str());
-                }
-                acc
-            }
-        });
-    }
-    let common = common.unwrap_or_default();
-    let base = std::fs::canonicalize(&common)
-        .ok()
-        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| common.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "spec".into());
-    let name = |p: &std::path::Path| {
-        let rel = p.strip_prefix(&common).unwrap_or(p);
-        format!("{base}/{}", rel.to_string_lossy().replace('\\', "/"))
-    };
-    let mut v: Vec<String> = files
-        .iter()
-        .filter(|f| pred(&f.text))
-        .map(|f| name(&f.path))
-        .collect();
-    if v.is_empty() {
-        v = files.iter().map(|f| name(&f.path)).collect();
-    }
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn defines_table(text: &str, table: &str, name: &str) -> bool {
-    let bare = format!("{table}.{name}");
-    let quoted = format!("{table}.\"{name}\"");
-    text.lines().any(|l| {
-        let l = l.trim_start().trim_start_matches('[').trim_start();
-        [&bare, &quoted].iter().any(|k| {
-            l.strip_prefix(k.as_str())
-                .is_some_and(|rest| rest.starts_with(']') || rest.starts_with('.'))
-        })
-    })
-}
-
 fn stack_sources(spec: &Spec, stack: &str) -> Vec<String> {
-    spec_file_names(spec, &|t| defines_table(t, "stacks", stack))
+    let files = spec.stacks.get(stack).and_then(|s| s.loc).map(|l| l.file);
+    spec.sources.spec_names(files)
 }
 
 /// The spec files a host's configuration comes from (its own file and the site file).
 pub fn host_sources(spec: &Spec, host: &str) -> Vec<String> {
-    spec_file_names(spec, &|t| {
-        defines_table(t, "hosts", host) || t.lines().any(|l| l.trim() == "[site]")
-    })
+    let files = [spec.site.loc, spec.hosts.get(host).and_then(|h| h.loc)];
+    spec.sources
+        .spec_names(files.into_iter().flatten().map(|l| l.file))
 }
 
 /// The header comment of a generated file (`#` comments).
@@ -563,12 +522,8 @@ fn env_example(spec: &Spec, st: &Stack, sd: &StackDir, sources: &[String]) -> Re
     );
     for net in bind_networks(st) {
         s.push_str(&format!(
-            "\n# Address of the host on spec network `{net}` that published ports bind to (never 0.0.0.0);\n# set per host in hosts/<host>.env ({}).\n{}=\n",
-            sd.hosts
-                .iter()
-                .map(|h| format!("hosts/{h}.env"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "\n# Address of the host on spec network `{net}` that published ports bind to (never 0.0.0.0);\n# set per host in hosts/<host>.env ({} host file(s) here).\n{}=\n",
+            sd.hosts.len(),
             bind_var(&net)
         ));
     }

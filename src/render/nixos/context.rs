@@ -33,54 +33,7 @@ fn header(spec: &Spec, files: &BTreeSet<FileId>, what: &str) -> String {
 
 /// Spec file names shown as `<spec dir>/<relative path>`, independent of the current directory.
 pub fn spec_file_names(spec: &Spec, files: &BTreeSet<FileId>) -> Vec<String> {
-    let all: Vec<&std::path::Path> = spec
-        .sources
-        .files
-        .iter()
-        .map(|f| f.path.as_path())
-        .collect();
-    let mut common: Option<std::path::PathBuf> = None;
-    for p in &all {
-        let dir = p.parent().unwrap_or(std::path::Path::new("")).to_path_buf();
-        common = Some(match common {
-            None => dir,
-            Some(c) => {
-                let mut acc = std::path::PathBuf::new();
-                for (a, b) in c.components().zip(dir.components()) {
-                    if a != b {
-                        break;
-                    }
-                    acc.push(a);
-                }
-                acc
-            }
-        });
-    }
-    let common = common.unwrap_or_default();
-    let base = common
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut names: Vec<String> = files
-        .iter()
-        .filter_map(|f| spec.sources.files.get(*f))
-        .map(|f| {
-            let rel = f
-                .path
-                .strip_prefix(&common)
-                .unwrap_or(&f.path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            if base.is_empty() {
-                rel
-            } else {
-                format!("{base}/{rel}")
-            }
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    spec.sources.spec_names(files.iter().copied())
 }
 
 fn host_files(spec: &Spec, h: &Host) -> BTreeSet<FileId> {

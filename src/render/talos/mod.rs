@@ -23,7 +23,7 @@ use crate::spec::model::{Cluster, Host, Interface, Spec};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use serde_yaml_ng::{Mapping, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub use schematic::{node_images, NodeImages, Schematic};
@@ -187,32 +187,15 @@ fn load_admin(store: &Store, cluster: &str, bundle: &Bundle) -> Result<AdminCert
 
 /// Spec files a render depends on, as `hosts/<file>` (stable across working directories).
 fn source_files(spec: &Spec, host: &Host, cluster: &Cluster) -> Vec<String> {
-    let short = |d: &str| {
-        let p = std::path::Path::new(d);
-        let parts: Vec<String> = p
-            .components()
-            .rev()
-            .take(2)
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        parts.into_iter().rev().collect::<Vec<_>>().join("/")
-    };
-    let mut files = BTreeSet::new();
-    if let Some(l) = host.loc {
-        files.insert(short(spec.sources.name(l.file)));
-    }
-    for i in &host.interfaces {
-        if let Some(l) = spec.networks.get(&i.network).and_then(|n| n.loc) {
-            files.insert(short(spec.sources.name(l.file)));
-        }
-    }
-    let cl = format!("[clusters.{}]", cluster.name);
-    for f in &spec.sources.files {
-        if f.text.contains(&cl) || f.text.lines().any(|l| l.trim() == "[site]") {
-            files.insert(short(&f.display));
-        }
-    }
-    files.into_iter().collect()
+    let nets = host
+        .interfaces
+        .iter()
+        .filter_map(|i| spec.networks.get(&i.network).and_then(|n| n.loc));
+    let locs = [host.loc, cluster.loc, spec.site.loc]
+        .into_iter()
+        .flatten()
+        .chain(nets);
+    spec.sources.spec_names(locs.map(|l| l.file))
 }
 
 fn header(spec: &Spec, host: &Host, cluster: &Cluster, what: &str) -> String {

@@ -2747,7 +2747,7 @@ fn seed_rules(
             match stacks.get(os) {
                 None => dangling(c, np, loc, "stack", os, stacks.keys()),
                 Some(other) => {
-                    if !other.networks.get(on).is_some_and(|x| x.external.is_none()) {
+                    if other.networks.get(on).is_none_or(|x| x.external.is_some()) {
                         c.err(
                             "SPEC016",
                             np,

@@ -532,6 +532,7 @@ fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
         );
         return Ok(Exit::Input);
     }
+    decl.pinned()?;
     let seed = crate::image::host_seed(&spec, &root, host)?;
     let out = out.clone().unwrap_or_else(|| root.join(output));
     let base_path = base.clone().unwrap_or_else(|| decl.local_path(&root));

@@ -56,6 +56,19 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The pinned sha256, or the error an unpinned base gets: labforge never uses an unverified base.
+    pub fn pinned(&self) -> Result<&str> {
+        match &self.decl.sha256 {
+            Some(h) => Ok(h),
+            None => bail!(
+                "base image `{}` is not pinned: {} has no sha256.\n  Download {} , check it against the publisher's signed checksum list, then set sha256 = \"<64 hex>\" in {}",
+                self.name,
+                self.file.display(),
+                self.decl.source,
+                self.file.display()
+            ),
+        }
+    }
     /// The local file the base comes from (the download cache for URLs).
     pub fn local_path(&self, root: &Path) -> PathBuf {
         if is_url(&self.decl.source) {

@@ -127,15 +127,7 @@ fn sibling(image: &Path, suffix: &str) -> PathBuf {
 /// Build the image. On any error the temporary output is removed and nothing is left at `out`.
 pub fn build(inp: &BuildInput) -> Result<Built> {
     let base = inp.base;
-    let Some(pinned) = base.decl.sha256.clone() else {
-        bail!(
-            "base image `{}` is not pinned: {} has no sha256.\n  Download {} , check it against the publisher's signed checksum list, then set sha256 = \"<64 hex>\" in {}",
-            base.name,
-            base.file.display(),
-            base.decl.source,
-            base.file.display()
-        );
-    };
+    let pinned = base.pinned()?.to_string();
     check_seed(&inp.seed)?;
     let src = File::open(&inp.base_path).with_context(|| {
         if decl::is_url(&base.decl.source) {

@@ -548,3 +548,73 @@ fn the_oracles_catch_broken_images() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn cli_image_build_for_an_example_lab_host_with_a_seed_dir() {
+    let lab = example_lab();
+    let base = pi_base(lab.path());
+    declare(
+        lab.path(),
+        "ubuntu-24.04-preinstalled-server-arm64-raspi",
+        &base,
+        "raw",
+        "aarch64",
+        "system-boot",
+        Some(&sha256sum(&base)),
+    );
+    let seed = lab.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    for (n, b) in seed_for("iris") {
+        std::fs::write(seed.join(n), b).unwrap();
+    }
+    let o = labforge(
+        lab.path(),
+        &[
+            "image",
+            "build",
+            "iris",
+            "--seed-dir",
+            seed.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m: labforge::image::Manifest = serde_json::from_str(&stdout(&o)).unwrap();
+    let img = lab.path().join("out/images/iris.img");
+    assert_eq!(m.host, "iris");
+    assert_eq!(m.image.sha256, sha256sum(&img));
+    assert!(!m.spec_revision.is_empty());
+    check_seed_files(&img, 2048 * 512, "iris");
+    assert!(lab.path().join("out/images/iris.img.bmap").is_file());
+    assert!(lab
+        .path()
+        .join("out/images/iris.img.manifest.json")
+        .is_file());
+
+    // The wrong kind of base for the board: a Pi host with a cidata base.
+    declare(
+        lab.path(),
+        "ubuntu-24.04-preinstalled-server-arm64-raspi",
+        &base,
+        "raw",
+        "aarch64",
+        "cidata",
+        Some(&sha256sum(&base)),
+    );
+    let o = labforge(
+        lab.path(),
+        &[
+            "image",
+            "build",
+            "iris",
+            "--seed-dir",
+            seed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("needs its seed in `system-boot`"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -479,6 +479,7 @@ fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
         host,
         base,
         out,
+        seed_dir,
         json,
     } = action;
     let spec = match load_valid(cli)? {
@@ -533,7 +534,10 @@ fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
         return Ok(Exit::Input);
     }
     decl.pinned()?;
-    let seed = crate::image::host_seed(&spec, &root, host)?;
+    let seed = match seed_dir {
+        Some(d) => crate::image::seed_from_dir(d)?,
+        None => crate::image::host_seed(&spec, &root, host)?,
+    };
     let out = out.clone().unwrap_or_else(|| root.join(output));
     let base_path = base.clone().unwrap_or_else(|| decl.local_path(&root));
     let built = crate::image::build(&crate::image::BuildInput {

@@ -146,6 +146,10 @@ pub enum ImageAction {
         /// Output image (default: out/images/HOST.img).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Take the seed files (user-data, meta-data, network-config, …) from this directory, e.g.
+        /// out/cloud-init/HOST after `labforge render`, instead of rendering them afresh.
+        #[arg(long, value_name = "DIR")]
+        seed_dir: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -555,3 +555,24 @@ pub fn host_seed(
     seed.sort();
     Ok(seed)
 }
+
+/// Seed files from a directory (e.g. `out/cloud-init/<host>/` after `labforge render`): every regular file
+/// directly in it, by name.
+pub fn seed_from_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut seed = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading seed directory {}", dir.display()))?
+    {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            seed.push((name, std::fs::read(e.path())?));
+        }
+    }
+    seed.sort();
+    check_seed(&seed).with_context(|| format!("seed directory {}", dir.display()))?;
+    Ok(seed)
+}

@@ -5,8 +5,11 @@
 
 pub mod cli;
 pub mod diag;
+pub mod flash;
 pub mod gate;
 pub mod graph;
+pub mod image;
+pub mod io;
 pub mod plan;
 pub mod render;
 pub mod secrets;

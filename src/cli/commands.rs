@@ -173,6 +173,15 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Secrets { action } => secrets_cmd(&cli, action),
         Command::Gate { action } => gate_cmd(&cli, action),
+        Command::Image { action } => image_cmd(&cli, action),
+        Command::Flash {
+            image,
+            to,
+            yes,
+            allow_file,
+            bmap,
+            json,
+        } => flash_cmd(image, to, *yes, *allow_file, bmap.as_deref(), json.json),
         _ => not_yet(&cli),
     }
 }
@@ -461,6 +470,145 @@ fn gate_cmd(cli: &Cli, action: &super::GateAction) -> Result<Exit> {
                 crate::gate::path(&root, &g.id).display()
             );
             Ok(Exit::Ok)
+        }
+    }
+}
+
+fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
+    let super::ImageAction::Build {
+        host,
+        base,
+        out,
+        seed_dir,
+        json,
+    } = action;
+    let spec = match load_valid(cli)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let sel = match crate::plan::select(&spec, std::slice::from_ref(host)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::Input);
+        }
+    };
+    let root = repo_root(&cli.spec);
+    let plan = crate::plan::plan(&spec, &sel);
+    let hp = &plan.hosts[0];
+    let (base_name, seed_in, output) = match &hp.image {
+        crate::plan::ImagePlan::BasePlusSeed {
+            base: Some(b),
+            seed_in,
+            output,
+        } => (b.clone(), seed_in.clone(), output.clone()),
+        crate::plan::ImagePlan::BasePlusSeed { base: None, .. } => {
+            eprintln!("error: host `{host}` has no base image: set `image = \"<name>\"` on it (a file images/<name>.toml)");
+            return Ok(Exit::Input);
+        }
+        other => {
+            eprintln!(
+                "error: host `{host}` is not built from a vendor base plus seed (its image plan is {}); `labforge image build` handles base+seed hosts",
+                serde_json::to_string(other).unwrap_or_default()
+            );
+            return Ok(Exit::Input);
+        }
+    };
+    let decl = crate::image::decl::load(&root, &base_name)?;
+    if decl.decl.seed.as_str() != seed_in {
+        eprintln!(
+            "error: host `{host}` needs its seed in `{seed_in}` (board {}), but base `{base_name}` declares seed = \"{}\" ({})",
+            hp.board.as_str(),
+            decl.decl.seed.as_str(),
+            decl.file.display()
+        );
+        return Ok(Exit::Input);
+    }
+    if decl.decl.arch != hp.arch.as_str() {
+        eprintln!(
+            "error: host `{host}` is {} but base `{base_name}` is {} ({})",
+            hp.arch.as_str(),
+            decl.decl.arch,
+            decl.file.display()
+        );
+        return Ok(Exit::Input);
+    }
+    decl.pinned()?;
+    let seed = match seed_dir {
+        Some(d) => crate::image::seed_from_dir(d)?,
+        None => crate::image::host_seed(&spec, &root, host)?,
+    };
+    let out = out.clone().unwrap_or_else(|| root.join(output));
+    let base_path = base.clone().unwrap_or_else(|| decl.local_path(&root));
+    let built = crate::image::build(&crate::image::BuildInput {
+        host,
+        spec_revision: &spec.revision,
+        base: &decl,
+        base_path,
+        seed,
+        out,
+        progress: true,
+    })?;
+    if json.json {
+        print_json(&built.manifest)?;
+    } else {
+        println!(
+            "built {} ({}, sha256 {})\n  block map {}\n  manifest  {}",
+            built.image.display(),
+            crate::io::human(built.manifest.image.size),
+            built.manifest.image.sha256,
+            built.bmap.display(),
+            built.manifest_path.display()
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn flash_cmd(
+    image: &std::path::Path,
+    to: &std::path::Path,
+    yes: bool,
+    allow_file: bool,
+    bmap: Option<&std::path::Path>,
+    json: bool,
+) -> Result<Exit> {
+    let r = crate::flash::flash(crate::flash::Options {
+        image: image.to_path_buf(),
+        bmap: bmap.map(|p| p.to_path_buf()),
+        target: to.to_path_buf(),
+        yes,
+        allow_file,
+        progress: true,
+        after_write: None,
+    });
+    match r {
+        Ok(rep) => {
+            if json {
+                print_json(&rep)?;
+            } else {
+                println!(
+                    "flashed {} to {}: {} written, {} zeroed, {} read back and verified{}",
+                    image.display(),
+                    rep.target,
+                    crate::io::human(rep.written),
+                    crate::io::human(rep.zeroed),
+                    crate::io::human(rep.verified),
+                    if rep.direct {
+                        " (O_DIRECT)"
+                    } else {
+                        " (buffered: O_DIRECT not supported here)"
+                    }
+                );
+            }
+            Ok(Exit::Ok)
+        }
+        Err(e @ crate::flash::Error::Refused(_)) => {
+            eprintln!("error: {e}");
+            Ok(Exit::Input)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(Exit::Failed)
         }
     }
 }

@@ -74,15 +74,32 @@ pub enum Command {
         json: JsonFlag,
         hosts: Vec<String>,
     },
-    /// Build a host's bootable image.
+    /// Build a host's bootable image (vendor base + the host's cloud-init seed, manifest, block map).
     Image {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        action: ImageAction,
     },
-    /// Write an image to a block device, verified by read-back.
+    /// Write an image to a whole disk through its block map, verified by read-back.
+    #[command(
+        after_help = "The target must be a whole, unmounted disk that does not hold the running system.\nThe first MiB is written last: an interrupted or failed flash leaves a disk that does not boot.\nExit 0 written and verified, 1 write or verification failed / interrupted, 2 refused."
+    )]
     Flash {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The image (its .bmap and .manifest.json beside it).
+        image: PathBuf,
+        /// The whole disk to write (e.g. /dev/sdX, /dev/mmcblkN).
+        #[arg(long = "to", value_name = "TARGET")]
+        to: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Allow TARGET to be a regular file (tests, benchmarks, VM disks).
+        #[arg(long)]
+        allow_file: bool,
+        /// The block map (default: IMAGE.bmap).
+        #[arg(long)]
+        bmap: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Deploy hosts over SSH.
     Deploy {
@@ -115,6 +132,27 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (labforge.1 and one per subcommand) into a directory.
     Man { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Build HOST's image: its declared base (images/<name>.toml, checked against the pinned sha256) with
+    /// the host's cloud-init seed written in; IMAGE.bmap and IMAGE.manifest.json beside it.
+    Build {
+        host: String,
+        /// The base image file (default: the declaration's source, or out/cache/images/ for URLs).
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Output image (default: out/images/HOST.img).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Take the seed files (user-data, meta-data, network-config, …) from this directory, e.g.
+        /// out/cloud-init/HOST after `labforge render`, instead of rendering them afresh.
+        #[arg(long, value_name = "DIR")]
+        seed_dir: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,525 @@
+//! `labforge flash`: write an image to a disk through its block map, safely, and prove it by reading back.
+//!
+//! Order of operations (so an interrupted or failed flash leaves a disk that does not boot, never one that
+//! boots half-written):
+//! 1. check the block map (its own checksum, the manifest's record of it, the image size) and the target;
+//! 2. zero the target's first MiB (partition table, boot code) and fsync: the old system is gone;
+//! 3. make every unmapped range of the image read as zeros on the target (hole punch on files,
+//!    `BLKZEROOUT` on block devices), and on a larger device zero its last MiB (a stale backup GPT);
+//! 4. write the mapped ranges (except the first MiB, kept in memory), checking each range's SHA-256 from
+//!    the block map as it is read from the image;
+//! 5. fsync, then read back everything after the first MiB with `O_DIRECT` (not the page cache): mapped
+//!    ranges against the block map's SHA-256, unmapped ranges must be all zeros;
+//! 6. only then write the first MiB, fsync, and read it back the same way.
+//!
+//! Why zero the unmapped ranges (unlike `bmaptool copy`, which skips them): the image says those bytes are
+//! zero, and on a reused disk they hold the previous contents — old file-system superblocks and their
+//! backups (btrfs at 64 MiB, ext4 backup groups), md/LVM metadata at partition ends, a backup GPT. blkid
+//! and udev find those and mis-detect or auto-assemble them. Zeroing is cheap (hole punch / the device's
+//! write-zeroes) and lets the read-back prove the target equals the image byte for byte.
+
+pub mod target;
+
+use crate::image::bmap::Bmap;
+use crate::io::{self as lio, AlignedBuf};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+pub use target::Target;
+
+/// The first MiB: written last.
+pub const HEAD: u64 = 1 << 20;
+
+/// Write chunk: 4 MiB keeps the device busy with large O_DIRECT requests.
+const WCHUNK: usize = 4 << 20;
+
+#[derive(Debug)]
+pub enum Error {
+    /// The target or the inputs were refused before anything was written.
+    Refused(String),
+    /// Ctrl-C / SIGTERM: stopped, the target does not boot.
+    Interrupted,
+    /// Writing or verification failed (the target does not boot, its first MiB is zeros).
+    Failed(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Refused(m) => write!(f, "refusing to flash: {m}"),
+            Error::Interrupted => write!(
+                f,
+                "interrupted: the target's first MiB (partition table, boot code) is zeroed, so it will not boot half-written; run flash again"
+            ),
+            Error::Failed(m) => write!(
+                f,
+                "{m}\nthe target's first MiB (partition table, boot code) is zeroed: it will not boot half-written"
+            ),
+        }
+    }
+}
+impl std::error::Error for Error {}
+
+type Hook<'a> = Box<dyn FnMut(&Path) + 'a>;
+
+pub struct Options<'a> {
+    pub image: PathBuf,
+    /// Default: `<image>.bmap`.
+    pub bmap: Option<PathBuf>,
+    pub target: PathBuf,
+    /// Skip the interactive confirmation for block devices.
+    pub yes: bool,
+    /// Allow a regular file as the target.
+    pub allow_file: bool,
+    pub progress: bool,
+    /// Test hook, run after the write and fsync, before the read-back.
+    pub after_write: Option<Hook<'a>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub target: String,
+    pub image_size: u64,
+    pub written: u64,
+    pub zeroed: u64,
+    pub verified: u64,
+    /// Read-back bypassed the page cache.
+    pub direct: bool,
+}
+
+fn failed(what: impl std::fmt::Display) -> Error {
+    Error::Failed(what.to_string())
+}
+
+/// Load the block map for `image` and check it against the manifest beside it (when present) and the file.
+pub fn load_bmap(image: &Path, bmap: Option<&Path>) -> Result<Bmap, Error> {
+    let bp = bmap
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| crate::image::bmap_path(image));
+    let text = std::fs::read_to_string(&bp).map_err(|e| {
+        Error::Refused(format!(
+            "cannot read the block map {}: {e} (it is written by `labforge image build` beside the image; or pass --bmap)",
+            bp.display()
+        ))
+    })?;
+    let map = Bmap::parse(&text, &bp.display().to_string())
+        .map_err(|e| Error::Refused(format!("{e:#}")))?;
+    let mp = crate::image::manifest_path(image);
+    if let Ok(mt) = std::fs::read(&mp) {
+        let m: crate::image::Manifest = serde_json::from_slice(&mt).map_err(|e| {
+            Error::Refused(format!("{}: not a labforge manifest: {e}", mp.display()))
+        })?;
+        let got = lio::sha256_hex(text.as_bytes());
+        if m.bmap.sha256 != got {
+            return Err(Error::Refused(format!(
+                "{} does not belong to this image: the manifest {} records block map sha256 {}, the file has {got}",
+                bp.display(),
+                mp.display(),
+                m.bmap.sha256
+            )));
+        }
+        if m.image.size != map.image_size {
+            return Err(Error::Refused(format!(
+                "the manifest {} says the image is {} bytes, the block map says {}",
+                mp.display(),
+                m.image.size,
+                map.image_size
+            )));
+        }
+    }
+    let len = std::fs::metadata(image)
+        .map_err(|e| Error::Refused(format!("cannot read image {}: {e}", image.display())))?
+        .len();
+    if len != map.image_size {
+        return Err(Error::Refused(format!(
+            "image {} is {len} bytes but its block map says {}: they do not belong together",
+            image.display(),
+            map.image_size
+        )));
+    }
+    Ok(map)
+}
+
+/// Flash, with Ctrl-C / SIGTERM caught for the duration.
+pub fn flash(opts: Options) -> Result<Report, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Ok(id) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            ids.push(id);
+        }
+    }
+    let r = flash_with(opts, &stop);
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
+    r
+}
+
+/// Flash, stopping when `stop` becomes true.
+pub fn flash_with(mut opts: Options, stop: &AtomicBool) -> Result<Report, Error> {
+    let map = load_bmap(&opts.image, opts.bmap.as_deref())?;
+    let size = map.image_size;
+    let t = target::inspect(&opts.target, size, opts.allow_file)?;
+    let src = File::open(&opts.image)
+        .map_err(|e| Error::Refused(format!("cannot open image {}: {e}", opts.image.display())))?;
+    if t.is_block() && !opts.yes {
+        confirm(&t)?;
+    }
+    let mut oo = OpenOptions::new();
+    oo.read(true).write(true);
+    if t.is_block() {
+        oo.custom_flags(libc::O_EXCL);
+    } else {
+        oo.create(true);
+    }
+    let dst = oo.open(t.path()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            Error::Refused(format!(
+                "{} is busy (in use by the kernel or another program)",
+                t.describe()
+            ))
+        } else {
+            Error::Refused(format!("cannot open {} for writing: {e}", t.describe()))
+        }
+    })?;
+    let dev_size = match &t {
+        Target::Block { size, .. } => *size,
+        Target::File { .. } => {
+            dst.set_len(size)
+                .map_err(|e| failed(format!("sizing {}: {e}", t.describe())))?;
+            size
+        }
+    };
+    let head = HEAD.min(size);
+    let io = |what: &str, e: std::io::Error| failed(format!("{what} on {}: {e}", t.describe()));
+    let check = || {
+        if stop.load(Ordering::SeqCst) {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+
+    // 2. The old boot sector and partition table go first.
+    lio::write_zeros(&dst, 0, head).map_err(|e| io("zeroing the first MiB", e))?;
+    dst.sync_all().map_err(|e| io("fsync", e))?;
+
+    // 3. Unmapped ranges read as zeros.
+    let mut zeroed = 0;
+    for (a, b) in map.unmapped() {
+        let a = a.max(head);
+        if a >= b {
+            continue;
+        }
+        check()?;
+        zero_range(&dst, &t, a, b - a).map_err(|e| io("zeroing unmapped blocks", e))?;
+        zeroed += b - a;
+    }
+    if t.is_block() && dev_size > size {
+        let a = size.max(dev_size.saturating_sub(HEAD));
+        zero_range(&dst, &t, a, dev_size - a)
+            .map_err(|e| io("zeroing the end of the device", e))?;
+    }
+
+    // 4. Mapped ranges, each checked against the block map as it streams from the image. Written with
+    //    O_DIRECT where the target allows it (no copy into the page cache, and nothing cached to fool the
+    //    read-back); a tail that is not 4 KiB aligned goes through the ordinary descriptor.
+    let direct_w = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(t.path())
+        .ok();
+    let mut head_buf = vec![0u8; head as usize];
+    let mut buf = AlignedBuf::new(WCHUNK);
+    let pb = lio::progress_bar(map.mapped_bytes(), "write", opts.progress);
+    let mut written = 0;
+    for r in &map.ranges {
+        let (s, e) = r.bytes(map.block_size, size);
+        let mut h = Sha256::new();
+        let mut o = s;
+        while o < e {
+            check()?;
+            let n = ((e - o) as usize).min(buf.len());
+            let got = lio::read_full_at(&src, &mut buf[..n], o)
+                .map_err(|e| failed(format!("reading image {}: {e}", opts.image.display())))?;
+            if got < n {
+                return Err(failed(format!(
+                    "image {} ended early at byte {}",
+                    opts.image.display(),
+                    o + got as u64
+                )));
+            }
+            h.update(&buf[..n]);
+            let mut from = 0usize;
+            if o < head {
+                let k = ((head - o) as usize).min(n);
+                head_buf[o as usize..o as usize + k].copy_from_slice(&buf[..k]);
+                from = k;
+            }
+            if from < n {
+                let at = o + from as u64;
+                let aligned = if direct_w.is_some() && at % 4096 == 0 {
+                    (n - from) / 4096 * 4096
+                } else {
+                    0
+                };
+                if let (Some(dw), true) = (&direct_w, aligned > 0) {
+                    dw.write_all_at(&buf[from..from + aligned], at)
+                        .map_err(|e| io("writing", e))?;
+                }
+                if from + aligned < n {
+                    dst.write_all_at(&buf[from + aligned..n], at + aligned as u64)
+                        .map_err(|e| io("writing", e))?;
+                }
+            }
+            o += n as u64;
+            written += n as u64;
+            pb.inc(n as u64);
+        }
+        let got = hex::encode(h.finalize());
+        if got != r.sha256 {
+            return Err(failed(format!(
+                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, read {got}; was it changed after it was built?",
+                opts.image.display(),
+                r.first,
+                r.last,
+                r.sha256
+            )));
+        }
+    }
+    pb.finish_and_clear();
+    check()?;
+    if let Some(dw) = &direct_w {
+        dw.sync_all().map_err(|e| io("fsync", e))?;
+    }
+    dst.sync_all().map_err(|e| io("fsync", e))?;
+    if let Some(hook) = opts.after_write.as_mut() {
+        hook(t.path());
+    }
+
+    // 5. Read back everything after the first MiB.
+    let (rb, direct) = open_readback(t.path()).map_err(|e| io("opening for read-back", e))?;
+    let mut abuf = AlignedBuf::new(lio::CHUNK);
+    let pb = lio::progress_bar(size, "verify", opts.progress);
+    let mut verified = 0;
+    let mut pos = head;
+    let mut ranges = map.ranges.iter().peekable();
+    while pos < size {
+        check()?;
+        // The next mapped range that ends after pos, and whether pos is inside it.
+        while ranges
+            .peek()
+            .map(|r| r.bytes(map.block_size, size).1 <= pos)
+            .unwrap_or(false)
+        {
+            ranges.next();
+        }
+        let next = ranges
+            .peek()
+            .map(|r| (r.bytes(map.block_size, size), &r.sha256));
+        match next {
+            Some(((s, e), sum)) if s <= pos || s < head => {
+                let mut h = Sha256::new();
+                if s < head {
+                    h.update(&head_buf[s as usize..head as usize]);
+                }
+                read_back(&rb, &mut abuf, pos, e, |d| {
+                    h.update(d);
+                    Ok(())
+                })
+                .map_err(|e| io("reading back", e))?;
+                let got = hex::encode(h.finalize());
+                if &got != sum {
+                    return Err(failed(format!(
+                        "read-back mismatch on {} in bytes {pos}..{e}: expected sha256 {sum}, the device returned {got} (bad medium or a write that did not stick)",
+                        t.describe()
+                    )));
+                }
+                verified += e - pos;
+                pb.inc(e - pos);
+                pos = e;
+            }
+            other => {
+                let end = other.map(|((s, _), _)| s).unwrap_or(size);
+                let mut off = pos;
+                read_back(&rb, &mut abuf, pos, end, |d| {
+                    if lio::is_zero(d) {
+                        off += d.len() as u64;
+                        return Ok(());
+                    }
+                    if let Some(i) = d.iter().position(|&b| b != 0) {
+                        return Err(std::io::Error::other(format!(
+                            "byte {} should be zero but reads 0x{:02x}",
+                            off + i as u64,
+                            d[i]
+                        )));
+                    }
+                    off += d.len() as u64;
+                    Ok(())
+                })
+                .map_err(|e| failed(format!("read-back mismatch on {}: {e}", t.describe())))?;
+                verified += end - pos;
+                pb.inc(end - pos);
+                pos = end;
+            }
+        }
+    }
+    pb.finish_and_clear();
+
+    // 6. The first MiB, last.
+    check()?;
+    dst.write_all_at(&head_buf, 0)
+        .map_err(|e| io("writing the first MiB", e))?;
+    dst.sync_all().map_err(|e| io("fsync", e))?;
+    let mut back = Vec::with_capacity(head as usize);
+    read_back(&rb, &mut abuf, 0, head, |d| {
+        back.extend_from_slice(d);
+        Ok(())
+    })
+    .map_err(|e| io("reading back the first MiB", e))?;
+    if back != head_buf {
+        let i = back
+            .iter()
+            .zip(&head_buf)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        let _ = lio::write_zeros(&dst, 0, head).and_then(|_| dst.sync_all());
+        return Err(failed(format!(
+            "read-back mismatch on {} in the first MiB at byte {i}",
+            t.describe()
+        )));
+    }
+    verified += head;
+    Ok(Report {
+        target: t.describe(),
+        image_size: size,
+        written,
+        zeroed,
+        verified,
+        direct,
+    })
+}
+
+fn confirm(t: &Target) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let name = match t {
+        Target::Block { name, .. } => name.clone(),
+        Target::File { .. } => return Ok(()),
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Refused(format!(
+            "{} would be erased: pass --yes (no terminal to ask on)",
+            t.describe()
+        )));
+    }
+    eprint!(
+        "This ERASES {}. Type the device name ({name}) to continue: ",
+        t.describe()
+    );
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::Refused(format!("reading the confirmation: {e}")))?;
+    if line.trim() != name {
+        return Err(Error::Refused("not confirmed".into()));
+    }
+    Ok(())
+}
+
+fn zero_range(f: &File, t: &Target, off: u64, len: u64) -> std::io::Result<()> {
+    if !t.is_block() {
+        return lio::zero_file_range(f, off, len);
+    }
+    // BLKZEROOUT = _IO(0x12, 127): the device's write-zeroes (or the kernel writing zeros). 512-aligned.
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let a = off.div_ceil(512) * 512;
+    let b = ((off + len) / 512) * 512;
+    if b > a {
+        let range: [u64; 2] = [a, b - a];
+        // SAFETY: ioctl with a pointer to a live [u64; 2].
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
+        if r != 0 {
+            lio::write_zeros(f, a, b - a)?;
+        }
+    }
+    if a > off {
+        lio::write_zeros(f, off, (a - off).min(len))?;
+    }
+    if b < off + len && b >= a {
+        lio::write_zeros(f, b, off + len - b)?;
+    }
+    Ok(())
+}
+
+/// Open for read-back with `O_DIRECT`; where the file system refuses it (tmpfs), fall back to a buffered
+/// read after dropping the file's cached pages.
+fn open_readback(p: &Path) -> std::io::Result<(File, bool)> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let f = File::open(p)?;
+            // SAFETY: fadvise on a valid fd.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            Ok((f, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Read `[start, end)` with aligned offsets and lengths (as `O_DIRECT` needs), handing the requested bytes
+/// to `f` in order.
+fn read_back(
+    rb: &File,
+    buf: &mut AlignedBuf,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    const A: u64 = 4096;
+    let mut pos = start;
+    while pos < end {
+        let astart = pos / A * A;
+        let want = ((end - astart).div_ceil(A) * A).min(buf.len() as u64) as usize;
+        let got = read_aligned(rb, &mut buf[..want], astart)?;
+        let skip = (pos - astart) as usize;
+        let avail = got.saturating_sub(skip);
+        let n = avail.min((end - pos) as usize);
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the target ends at byte {}", astart + got as u64),
+            ));
+        }
+        f(&buf[skip..skip + n])?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn read_aligned(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                // A short O_DIRECT read means end of file; the next offset would be unaligned anyway.
+                if n % 512 != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,578 @@
+//! Per-host images: a declared vendor base (verified against its pinned SHA-256 while it streams) with the
+//! host's cloud-init seed written into a FAT partition, plus a manifest and a bmaptool block map beside it.
+//!
+//! Pipeline (one pass over the base, one over the result, flat memory, no root, no loop mounts):
+//! 1. base → temporary output file next to the final one: `FICLONE` reflink when the file system shares
+//!    blocks (then one hashing read of the base), else a sparse copy (`SEEK_DATA`/`SEEK_HOLE`, zero blocks
+//!    left as holes) that hashes as it copies; `.xz`/`.zst` bases are decompressed into a sparse file while
+//!    the compressed stream is hashed. A hash mismatch deletes the temporary file: nothing is written.
+//! 2. the seed goes into the image in place: the `system-boot` FAT (Pi MBR images) or a `CIDATA` FAT
+//!    (existing, or a new GPT partition, growing the image and moving the backup GPT if needed).
+//! 3. one streaming pass over the result: the image SHA-256 and the block map's per-range SHA-256.
+//! 4. rename into place; write `<image>.bmap` and `<image>.manifest.json` (temp file + rename).
+
+pub mod bmap;
+pub mod decl;
+pub mod fat;
+pub mod part;
+
+use crate::io as lio;
+use anyhow::{bail, Context, Result};
+use decl::{Format, SeedMethod};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Decompressed images larger than this are refused (a decompression-bomb guard).
+pub const MAX_IMAGE: u64 = 256 << 30;
+
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub generator: String,
+    pub host: String,
+    pub spec_revision: String,
+    pub base: BaseRef,
+    pub image: ImageRef,
+    pub bmap: BmapRef,
+    pub seed: SeedRef,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub name: String,
+    pub source: String,
+    pub format: Format,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// File name, relative to the manifest's directory.
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BmapRef {
+    pub file: String,
+    pub sha256: String,
+    pub mapped_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRef {
+    pub method: SeedMethod,
+    /// Partition number the seed went into.
+    pub partition: u32,
+    /// labforge added this partition (GPT `CIDATA`).
+    pub partition_added: bool,
+    /// The image grew to make room (old size in bytes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grew_from: Option<u64>,
+    pub files: Vec<SeedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Everything `build` needs; the CLI fills it from the spec, tests build it directly.
+pub struct BuildInput<'a> {
+    pub host: &'a str,
+    pub spec_revision: &'a str,
+    pub base: &'a decl::Loaded,
+    /// The local base file (compressed as declared).
+    pub base_path: PathBuf,
+    /// The cloud-init seed: (file name, bytes), e.g. user-data, meta-data, network-config.
+    pub seed: Vec<(String, Vec<u8>)>,
+    /// The output image path; `.bmap` and `.manifest.json` go beside it.
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct Built {
+    pub manifest: Manifest,
+    pub image: PathBuf,
+    pub bmap: PathBuf,
+    pub manifest_path: PathBuf,
+}
+
+pub fn bmap_path(image: &Path) -> PathBuf {
+    sibling(image, ".bmap")
+}
+pub fn manifest_path(image: &Path) -> PathBuf {
+    sibling(image, ".manifest.json")
+}
+fn sibling(image: &Path, suffix: &str) -> PathBuf {
+    let mut s = image.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Build the image. On any error the temporary output is removed and nothing is left at `out`.
+pub fn build(inp: &BuildInput) -> Result<Built> {
+    let base = inp.base;
+    let pinned = base.pinned()?.to_string();
+    check_seed(&inp.seed)?;
+    let src = File::open(&inp.base_path).with_context(|| {
+        if decl::is_url(&base.decl.source) {
+            format!(
+                "base image `{}` is not downloaded: fetch {} to {} (or pass --base FILE)",
+                base.name,
+                base.decl.source,
+                inp.base_path.display()
+            )
+        } else {
+            format!("opening base image {}", inp.base_path.display())
+        }
+    })?;
+    let dir = inp
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".labforge-image-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let out = tmp.as_file();
+
+    // 1. Base → output, hashing the base in the same pass.
+    let actual = match base.decl.format {
+        Format::Raw => {
+            if lio::reflink(&src, out).is_ok() {
+                hash_file(&src, inp.progress, "verify")?
+            } else {
+                sparse_copy(&src, out, inp.progress)?
+            }
+        }
+        Format::Xz | Format::Zst => decompress(&src, out, base.decl.format, inp.progress)
+            .with_context(|| format!("decompressing {}", inp.base_path.display()))?,
+    };
+    if actual != pinned {
+        bail!(
+            "base image {} does not match its pinned sha256 (from {}):\n  expected {pinned}\n  actual   {actual}\nThe file is damaged or not the declared release; nothing was written.",
+            inp.base_path.display(),
+            base.file.display()
+        );
+    }
+    let mut magic = [0u8; 4];
+    lio::read_full_at(out, &mut magic, 0)?;
+    if &magic == b"QFI\xfb" {
+        bail!(
+            "base image {} is a qcow2 file, not a raw disk image: convert it (qemu-img convert -O raw) and pin the raw file's sha256",
+            inp.base_path.display()
+        );
+    }
+
+    // 2. The seed.
+    let seed = inject(out, inp, &pinned).with_context(|| {
+        format!(
+            "writing the cloud-init seed into the image for {}",
+            inp.host
+        )
+    })?;
+    out.sync_all()?;
+
+    // 3. One pass: image sha256 + block map.
+    let (sha, size, map) = finalize(out, inp.progress)?;
+    let xml = map.to_xml();
+
+    // 4. Into place.
+    tmp.persist(&inp.out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the image into place at {}", inp.out.display()))?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let bp = bmap_path(&inp.out);
+    crate::render::write_atomic(&bp, xml.as_bytes(), 0o644)?;
+    let manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        generator: format!("labforge {}", env!("CARGO_PKG_VERSION")),
+        host: inp.host.to_string(),
+        spec_revision: inp.spec_revision.to_string(),
+        base: BaseRef {
+            name: base.name.clone(),
+            source: base.decl.source.clone(),
+            format: base.decl.format,
+            sha256: pinned,
+        },
+        image: ImageRef {
+            file: file_name(&inp.out),
+            size,
+            sha256: sha,
+        },
+        bmap: BmapRef {
+            file: file_name(&bp),
+            sha256: lio::sha256_hex(xml.as_bytes()),
+            mapped_bytes: map.mapped_bytes(),
+        },
+        seed,
+    };
+    let mp = manifest_path(&inp.out);
+    let mut json = serde_json::to_vec_pretty(&manifest)?;
+    json.push(b'\n');
+    crate::render::write_atomic(&mp, &json, 0o644)?;
+    Ok(Built {
+        manifest,
+        image: inp.out.clone(),
+        bmap: bp,
+        manifest_path: mp,
+    })
+}
+
+fn check_seed(seed: &[(String, Vec<u8>)]) -> Result<()> {
+    if seed.is_empty() {
+        bail!("the cloud-init seed is empty (no user-data, meta-data or network-config to write)");
+    }
+    for (n, _) in seed {
+        if n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.') || n.len() > 64 {
+            bail!("seed file name `{n}` is not a plain file name");
+        }
+    }
+    if !seed.iter().any(|(n, _)| n == "meta-data") || !seed.iter().any(|(n, _)| n == "user-data") {
+        bail!("the cloud-init seed needs at least user-data and meta-data (NoCloud ignores a seed without them)");
+    }
+    Ok(())
+}
+
+/// SHA-256 of a whole file, reading only its data extents (holes hash as zeros).
+pub fn hash_file(f: &File, progress: bool, msg: &str) -> Result<String> {
+    let size = f.metadata()?.len();
+    let pb = lio::progress_bar(size, msg, progress);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut pos = 0;
+    for (a, b) in lio::data_extents(f)? {
+        lio::hash_zeros(&mut h, a - pos);
+        let mut o = a;
+        while o < b {
+            let n = ((b - o) as usize).min(buf.len());
+            let got = lio::read_full_at(f, &mut buf[..n], o)?;
+            if got < n {
+                bail!("the file shrank while it was read");
+            }
+            h.update(&buf[..n]);
+            o += n as u64;
+        }
+        pos = b;
+        pb.set_position(pos);
+    }
+    lio::hash_zeros(&mut h, size - pos);
+    pb.finish_and_clear();
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Copy `src` to `dst` leaving holes for holes and all-zero blocks; returns the SHA-256 of `src`.
+fn sparse_copy(src: &File, dst: &File, progress: bool) -> Result<String> {
+    let size = src.metadata()?.len();
+    let pb = lio::progress_bar(size, "copy", progress);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut pos = 0;
+    for (a, b) in lio::data_extents(src)? {
+        lio::hash_zeros(&mut h, a - pos);
+        let mut o = a;
+        while o < b {
+            let n = ((b - o) as usize).min(buf.len());
+            let got = lio::read_full_at(src, &mut buf[..n], o)?;
+            if got < n {
+                bail!("the base image shrank while it was copied");
+            }
+            h.update(&buf[..n]);
+            lio::write_nonzero_at(dst, &buf[..n], o)?;
+            o += n as u64;
+        }
+        pos = b;
+        pb.set_position(pos);
+    }
+    lio::hash_zeros(&mut h, size - pos);
+    dst.set_len(size)?;
+    pb.finish_and_clear();
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Decompress `src` (xz or zstd) into `dst` as a sparse file; returns the SHA-256 of the compressed file.
+fn decompress(src: &File, dst: &File, format: Format, progress: bool) -> Result<String> {
+    use std::io::{BufRead, BufReader};
+    let size = src.metadata()?.len();
+    let pb = lio::progress_bar(size, "unpack", progress);
+    let hashed = lio::HashReader::new(lio::ProgressReader::new(src, |n| pb.inc(n)));
+    let mut input = BufReader::with_capacity(1 << 16, hashed);
+    let mut sink = lio::LimitWriter::new(
+        lio::SparseWriter::new(dst),
+        MAX_IMAGE,
+        "the decompressed image",
+    );
+    match format {
+        Format::Xz => {
+            // Concatenated xz streams are valid xz files: decode until the input ends.
+            while !input.fill_buf()?.is_empty() {
+                lzma_rs::xz_decompress(&mut input, &mut sink)
+                    .map_err(|e| anyhow::anyhow!("not a valid xz stream: {e}"))?;
+            }
+        }
+        Format::Zst => {
+            while !input.fill_buf()?.is_empty() {
+                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut input)
+                    .map_err(|e| anyhow::anyhow!("not a valid zstd stream: {e}"))?;
+                std::io::copy(&mut d, &mut sink)
+                    .map_err(|e| anyhow::anyhow!("zstd stream: {e}"))?;
+            }
+        }
+        Format::Raw => unreachable!("raw bases are copied, not decompressed"),
+    }
+    sink.into_inner().finish()?;
+    let (sum, _) = input.into_inner().finish()?;
+    pb.finish_and_clear();
+    Ok(sum)
+}
+
+fn labels(f: &File, t: &part::Table) -> String {
+    t.parts
+        .iter()
+        .map(|p| {
+            let l = if p.maybe_fat {
+                fat::label(f, p.offset(), p.len())
+            } else {
+                None
+            };
+            format!(
+                "#{} {} at {} ({}){}",
+                p.number,
+                p.kind,
+                p.offset(),
+                lio::human(p.len()),
+                l.map(|l| format!(" FAT label `{l}`")).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn find_fat(f: &File, t: &part::Table, label: &str) -> Option<part::Part> {
+    t.parts
+        .iter()
+        .find(|p| {
+            p.maybe_fat
+                && fat::label(f, p.offset(), p.len())
+                    .map(|l| l.eq_ignore_ascii_case(label))
+                    .unwrap_or(false)
+        })
+        .cloned()
+}
+
+fn inject(out: &File, inp: &BuildInput, base_sha: &str) -> Result<SeedRef> {
+    let table = part::read(out)?;
+    let files: Vec<SeedFile> = inp
+        .seed
+        .iter()
+        .map(|(n, b)| SeedFile {
+            name: n.clone(),
+            size: b.len() as u64,
+            sha256: lio::sha256_hex(b),
+        })
+        .collect();
+    let method = inp.base.decl.seed;
+    match method {
+        SeedMethod::SystemBoot => {
+            let Some(p) = find_fat(out, &table, "system-boot") else {
+                bail!(
+                    "base image `{}` has no FAT partition labelled system-boot (partitions: {}); is it a Raspberry Pi preinstalled image? (seed = \"system-boot\" in {})",
+                    inp.base.name,
+                    labels(out, &table),
+                    inp.base.file.display()
+                );
+            };
+            fat::write_files(out, p.offset(), p.len(), &inp.seed)?;
+            Ok(SeedRef {
+                method,
+                partition: p.number,
+                partition_added: false,
+                grew_from: None,
+                files,
+            })
+        }
+        SeedMethod::Cidata => {
+            if let Some(p) = find_fat(out, &table, "cidata") {
+                fat::write_files(out, p.offset(), p.len(), &inp.seed)?;
+                return Ok(SeedRef {
+                    method,
+                    partition: p.number,
+                    partition_added: false,
+                    grew_from: None,
+                    files,
+                });
+            }
+            if table.scheme != part::Scheme::Gpt {
+                bail!(
+                    "base image `{}` has an MBR partition table without a FAT partition labelled CIDATA (partitions: {}): labforge adds a CIDATA partition only to GPT images. Use a GPT base, or add a small FAT partition labelled CIDATA to the base",
+                    inp.base.name,
+                    labels(out, &table)
+                );
+            }
+            let payload: u64 = inp.seed.iter().map(|(_, b)| b.len() as u64).sum();
+            let size = (payload * 2 + (1 << 20)).max(4 << 20).div_ceil(1 << 20) * (1 << 20);
+            let id =
+                Sha256::digest(format!("labforge cidata\0{}\0{base_sha}", inp.host).as_bytes());
+            let mut unique = [0u8; 16];
+            unique.copy_from_slice(&id[..16]);
+            unique[7] = (unique[7] & 0x0f) | 0x40; // version 4 (mixed-endian field 3)
+            unique[8] = (unique[8] & 0x3f) | 0x80; // RFC 4122 variant
+            let added =
+                part::add_gpt_partition(out, &table, size, "CIDATA", unique).map_err(|e| {
+                    anyhow::anyhow!(
+                        "base image `{}` has no CIDATA partition and one cannot be added: {e}",
+                        inp.base.name
+                    )
+                })?;
+            let p = &added.part;
+            let vol = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
+            fat::format(out, p.offset(), p.len(), "CIDATA", vol, p.start_lba as u32)?;
+            fat::write_files(out, p.offset(), p.len(), &inp.seed)?;
+            Ok(SeedRef {
+                method,
+                partition: p.number,
+                partition_added: true,
+                grew_from: added.grew.map(|(a, _)| a),
+                files,
+            })
+        }
+    }
+}
+
+/// One streaming pass over the finished image: its SHA-256 and the block map (mapped = data extents,
+/// rounded out to 4 KiB blocks, each range with its SHA-256).
+pub fn finalize(f: &File, progress: bool) -> Result<(String, u64, bmap::Bmap)> {
+    let size = f.metadata()?.len();
+    let bs = bmap::BLOCK;
+    let mut blocks: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in lio::data_extents(f)? {
+        let (first, last) = (a / bs, (b - 1) / bs);
+        match blocks.last_mut() {
+            Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+            _ => blocks.push((first, last)),
+        }
+    }
+    let pb = lio::progress_bar(size, "hash", progress);
+    let mut full = Sha256::new();
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut pos = 0;
+    let mut ranges = Vec::with_capacity(blocks.len());
+    for (first, last) in blocks {
+        let (s, e) = (first * bs, ((last + 1) * bs).min(size));
+        lio::hash_zeros(&mut full, s - pos);
+        let mut rh = Sha256::new();
+        let mut o = s;
+        while o < e {
+            let n = ((e - o) as usize).min(buf.len());
+            let got = lio::read_full_at(f, &mut buf[..n], o)?;
+            if got < n {
+                bail!("the image shrank while it was hashed");
+            }
+            full.update(&buf[..n]);
+            rh.update(&buf[..n]);
+            o += n as u64;
+            pb.set_position(o);
+        }
+        ranges.push(bmap::Range {
+            first,
+            last,
+            sha256: hex::encode(rh.finalize()),
+        });
+        pos = e;
+    }
+    lio::hash_zeros(&mut full, size - pos);
+    pb.finish_and_clear();
+    Ok((
+        hex::encode(full.finalize()),
+        size,
+        bmap::Bmap {
+            image_size: size,
+            block_size: bs,
+            ranges,
+        },
+    ))
+}
+
+/// The host's cloud-init seed, rendered fresh from the spec by the cloud-init backend into a private
+/// temporary directory (never from `out/`, which may be stale), keyed by file name.
+pub fn host_seed(
+    spec: &crate::spec::Spec,
+    root: &Path,
+    host: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let h = spec
+        .hosts
+        .get(host)
+        .with_context(|| format!("no host named `{host}` in the spec"))?;
+    let plan = crate::plan::plan(spec, &[h]);
+    let artifacts: Vec<crate::render::Artifact> = plan
+        .hosts
+        .iter()
+        .flat_map(|hp| hp.artifacts.iter())
+        .filter(|a| a.backend == "cloud-init")
+        .cloned()
+        .collect();
+    if artifacts.is_empty() {
+        bail!("the cloud-init backend plans no seed for host `{host}` (user-data, meta-data, network-config): nothing to put into the image");
+    }
+    let store = crate::secrets::Store::open(root, spec)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".labforge-seed-")
+        .tempdir()
+        .context("creating a private directory for the seed")?;
+    crate::render::run(spec, Some(&store), &artifacts, tmp.path(), false)?;
+    let mut seed = Vec::new();
+    for a in &artifacts {
+        let name = Path::new(&a.path)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(tmp.path().join(&a.path))
+            .with_context(|| format!("reading the rendered {}", a.path))?;
+        seed.push((name, bytes));
+    }
+    seed.sort();
+    Ok(seed)
+}
+
+/// Seed files from a directory (e.g. `out/cloud-init/<host>/` after `labforge render`): every regular file
+/// directly in it, by name.
+pub fn seed_from_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut seed = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading seed directory {}", dir.display()))?
+    {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            seed.push((name, std::fs::read(e.path())?));
+        }
+    }
+    seed.sort();
+    check_seed(&seed).with_context(|| format!("seed directory {}", dir.display()))?;
+    Ok(seed)
+}

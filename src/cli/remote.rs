@@ -120,7 +120,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 spec: spec.clone(),
                 opts,
                 tofu: ssh.trust_on_first_use.clone(),
-                probe_timeout: Duration::from_secs(5),
+                probe_timeout: Duration::from_secs(2),
             });
             let ctx = Arc::new(crate::deploy::Ctx {
                 spec: spec.clone(),
@@ -174,6 +174,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             on,
             parallel,
             junit,
+            probe_timeout_ms,
             ssh,
             json,
         } => {
@@ -206,11 +207,12 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                             .unwrap_or_else(|| "root".into());
                     }
                     o.trust_on_first_use = ssh.trust_on_first_use.contains(&n);
+                    let pt = Duration::from_millis((*probe_timeout_ms).max(50));
                     hs.push(tokio::spawn(async move {
                         let _p = sem.acquire_owned().await;
                         let opts = crate::verify::Options {
                             ssh: o,
-                            probe_timeout: Duration::from_secs(5),
+                            probe_timeout: pt,
                         };
                         crate::verify::verify_host(&spec, &spec.hosts[&n], &opts).await
                     }));

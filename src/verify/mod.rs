@@ -199,7 +199,7 @@ pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mu
     let kex_f = async {
         match &kex {
             Some((a, p)) => Some(match sockaddr(a, *p) {
-                Some(sa) => probe::kexinit(sa, opts.probe_timeout)
+                Some(sa) => probe::kexinit(sa, opts.ssh.connect_timeout)
                     .await
                     .map_err(|e| format!("{e:#}")),
                 None => Err(format!("`{a}` is not an address")),
@@ -211,11 +211,11 @@ pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mu
         match &auth {
             Some((a, p, u)) => Some(
                 tokio::time::timeout(
-                    opts.probe_timeout,
+                    opts.ssh.connect_timeout,
                     ssh::auth_probe(name, a, *p, u, &opts.ssh),
                 )
                 .await
-                .map_err(|_| format!("auth probe timed out after {:?}", opts.probe_timeout))
+                .map_err(|_| format!("auth probe timed out after {:?}", opts.ssh.connect_timeout))
                 .and_then(|r| r.map_err(|e| format!("{e:#}"))),
             ),
             None => None,

@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/ansible-playbook" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check ansible-core
 fi
-echo "ansible: $("$venv/bin/ansible-playbook" --version | head -1)"
+"$venv/bin/ansible-playbook" --version > /tmp/p3-ansible-version.txt; echo "ansible: $(head -1 /tmp/p3-ansible-version.txt)"
 export P3_ANSIBLE="$venv/bin/ansible-playbook"
 export P3_HOSTS="${P3_HOSTS:-50}"
 # Release build: the numbers are for the binary an operator runs.

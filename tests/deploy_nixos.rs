@@ -274,11 +274,6 @@ fn nixos_switch_that_locks_out_ssh_is_rolled_back_by_the_host_itself() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("rolled-back-"));
     assert!(rolled);
-    // the verify step never ran on the broken generation
-    assert!(
-        ev.iter().any(|e| e["step"] == "n1:verify") == false
-            || ev
-                .iter()
-                .any(|e| e["step"] == "n1:verify" && e["status"] != "ok")
-    );
+    // the host's remaining steps (verify) never ran after the failed switch
+    assert!(!ev.iter().any(|e| e["step"] == "n1:verify"), "{ev:?}");
 }

@@ -240,7 +240,7 @@ fn helper_upload() {
         known_hosts: std::env::var("LF_KH").unwrap().into(),
         trust_on_first_use: false,
         connect_timeout: std::time::Duration::from_secs(10),
-        command_timeout: std::time::Duration::from_secs(120),
+        command_timeout: std::time::Duration::from_secs(30),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt.block_on(async {
@@ -304,7 +304,7 @@ fn upload_killed_midway_keeps_the_old_file_and_a_rerun_converges() {
             .spawn()
             .unwrap()
     };
-    let child = helper(200 * 1024 * 1024);
+    let child = helper(48 * 1024 * 1024);
     // Wait until the temp file is being written, then kill the host's sshd and its sessions.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -334,6 +334,10 @@ fn upload_killed_midway_keeps_the_old_file_and_a_rerun_converges() {
     assert!(msg.contains("step `u1:upload:big`"), "{msg}");
     assert!(msg.contains("upload /srv/big.bin"), "{msg}");
     assert!(msg.contains("previous content"), "{msg}");
+    assert!(
+        msg.contains("connection") && !msg.contains("timed out"),
+        "the loss must be seen at once: {msg}"
+    );
     assert_eq!(
         std::fs::read(root.join("srv/big.bin")).unwrap(),
         b"old content\n",

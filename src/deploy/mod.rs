@@ -120,6 +120,8 @@ pub struct HostSummary {
 }
 
 pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Resolves a spec secret name to its value (for `.env` files).
+pub type SecretFn = Arc<dyn Fn(&str) -> Result<crate::secrets::Secret> + Send + Sync>;
 
 pub struct Ctx {
     pub spec: Arc<Spec>,
@@ -130,7 +132,7 @@ pub struct Ctx {
     /// How long a NixOS switch may take to be confirmed before the host rolls itself back.
     pub confirm_timeout: Duration,
     /// Secret values for `.env` files (resolved lazily; never logged).
-    pub secrets: Arc<dyn Fn(&str) -> Result<crate::secrets::Secret> + Send + Sync>,
+    pub secrets: SecretFn,
 }
 
 #[derive(Default)]
@@ -408,7 +410,7 @@ async fn exec_step(
             if is_sshd {
                 for (p, b) in &items {
                     transport::check_lockout(&String::from_utf8_lossy(b))
-                        .with_context(|| format!("{p}"))?;
+                        .with_context(|| p.to_string())?;
                     if !st.sshd_prev.contains_key(p) {
                         let prev = read_remote(t, id, p).await?;
                         if prev.as_deref() != Some(b.as_slice()) {

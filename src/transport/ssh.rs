@@ -249,32 +249,50 @@ impl Transport for SshTransport {
     ) -> BoxFut<'a, Result<Output, TransportError>> {
         Box::pin(async move {
             let fut = async {
-                let mut ch = {
+                let ch = {
                     let h = self.handle.lock().await;
                     h.channel_open_session().await?
                 };
                 ch.exec(true, cmd).await?;
-                if let Some(data) = stdin {
-                    ch.data(data).await?;
-                    ch.eof().await?;
-                }
+                // Read while writing: if the connection dies mid-upload the reader sees it at once
+                // (instead of the writer waiting for window space until the timeout).
+                let (mut rd, wr) = ch.split();
+                let writer = async {
+                    if let Some(data) = stdin {
+                        wr.data(data).await?;
+                        wr.eof().await?;
+                    }
+                    Ok::<_, russh::Error>(())
+                };
+                tokio::pin!(writer);
+                let mut write_done = stdin.is_none();
                 let mut o = Output::default();
                 let mut closed = false;
-                while let Some(m) = ch.wait().await {
-                    match m {
-                        russh::ChannelMsg::Data { data } => o.stdout.extend_from_slice(&data),
-                        russh::ChannelMsg::ExtendedData { data, .. } => {
-                            o.stderr.extend_from_slice(&data)
+                loop {
+                    tokio::select! {
+                        r = &mut writer, if !write_done => {
+                            write_done = true;
+                            r?;
                         }
-                        russh::ChannelMsg::ExitStatus { exit_status } => {
-                            o.status = Some(exit_status)
+                        m = rd.wait() => match m {
+                            Some(russh::ChannelMsg::Data { data }) => o.stdout.extend_from_slice(&data),
+                            Some(russh::ChannelMsg::ExtendedData { data, .. }) => {
+                                o.stderr.extend_from_slice(&data)
+                            }
+                            Some(russh::ChannelMsg::ExitStatus { exit_status }) => {
+                                o.status = Some(exit_status)
+                            }
+                            Some(russh::ChannelMsg::Close) => {
+                                closed = true;
+                                break;
+                            }
+                            Some(_) => {}
+                            None => break,
                         }
-                        russh::ChannelMsg::Close => {
-                            closed = true;
-                            break;
-                        }
-                        _ => {}
                     }
+                }
+                if !write_done {
+                    return Err(russh::Error::Disconnect);
                 }
                 if !closed && o.status.is_none() {
                     return Err(russh::Error::Disconnect);

@@ -327,10 +327,8 @@ fn remote(p: &Pass, out: &str) -> R {
         }
         Pass::NftTable { family, name } => with_nft(out, |items| {
             if items.iter().any(|i| {
-                i.get("table").is_some_and(|t| {
-                    t["family"] == Value::from(family.as_str())
-                        && t["name"] == Value::from(name.as_str())
-                })
+                i.get("table")
+                    .is_some_and(|t| t["family"] == family.as_str() && t["name"] == name.as_str())
             }) {
                 ok(format!("table {family} {name} loaded"))
             } else {

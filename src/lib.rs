@@ -4,6 +4,7 @@
 //! consume the plan; side effects live only in image, flash and deploy.
 
 pub mod cli;
+pub mod deploy;
 pub mod diag;
 pub mod flash;
 pub mod gate;
@@ -14,3 +15,5 @@ pub mod plan;
 pub mod render;
 pub mod secrets;
 pub mod spec;
+pub mod transport;
+pub mod verify;

@@ -285,8 +285,9 @@ fn gates_are_pending_and_cannot_be_confirmed_without_a_person() {
 }
 
 #[test]
+#[allow(clippy::single_element_loop)] // the list shrinks as commands land
 fn not_yet_implemented_commands_say_so_with_exit_2() {
-    for cmd in ["deploy", "verify", "rebuild"] {
+    for cmd in ["rebuild"] {
         let o = labforge(&common::repo(), &[cmd, "prometheus"]);
         assert_eq!(o.status.code(), Some(2), "{cmd}");
         assert!(

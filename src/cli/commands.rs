@@ -8,7 +8,7 @@ fn load(cli: &Cli) -> Result<Loaded> {
 }
 
 /// Load the spec; on errors print them and return `Err(Exit::Input)`.
-fn load_valid(cli: &Cli) -> Result<std::result::Result<spec::Spec, Exit>> {
+pub(super) fn load_valid(cli: &Cli) -> Result<std::result::Result<spec::Spec, Exit>> {
     let l = load(cli)?;
     if !l.diagnostics.warnings.is_empty() && cli.verbose > 0 {
         eprint!(
@@ -182,6 +182,7 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             bmap,
             json,
         } => flash_cmd(image, to, *yes, *allow_file, bmap.as_deref(), json.json),
+        Command::Deploy { .. } | Command::Verify { .. } => super::remote::run(&cli),
         _ => not_yet(&cli),
     }
 }

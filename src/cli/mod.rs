@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive). `main.rs` only calls [`run`].
 
 mod commands;
+mod remote;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -101,15 +102,56 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Deploy hosts over SSH.
+    /// Deploy hosts over SSH: run the plan's steps per host, in parallel, strict host keys.
+    #[command(
+        after_help = "Exit 0 when every host deployed (or had nothing to change), 1 when a host failed or waits for an operator gate, 2 on input errors."
+    )]
     Deploy {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Hosts to deploy.
+        hosts: Vec<String>,
+        /// Every host that runs SSH.
+        #[arg(long, conflicts_with_all = ["hosts", "on"])]
+        all: bool,
+        /// Hosts with this tag (or role).
+        #[arg(long, value_name = "TAG", conflicts_with = "hosts")]
+        on: Option<String>,
+        /// How many hosts at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
+        parallel: u16,
+        /// Show the steps per host without connecting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds a NixOS switch has to be confirmed on a fresh connection before the host rolls back.
+        #[arg(long, default_value_t = 300)]
+        confirm_timeout: u64,
+        #[command(flatten)]
+        ssh: SshArgs,
+        /// One JSON event per line on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Verify the hardening rules on live hosts over SSH.
+    #[command(
+        after_help = "Exit 0 when every check passes, 1 on findings, 2 when a check could not be evaluated."
+    )]
     Verify {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        hosts: Vec<String>,
+        #[arg(long, conflicts_with_all = ["hosts", "on"])]
+        all: bool,
+        #[arg(long, value_name = "TAG", conflicts_with = "hosts")]
+        on: Option<String>,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        parallel: u16,
+        /// Write JUnit XML here as well.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// How long the controller's TCP/KEXINIT probes wait (a filtered port costs this much).
+        #[arg(long, default_value_t = 2000, value_name = "MS")]
+        probe_timeout_ms: u64,
+        #[command(flatten)]
+        ssh: SshArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Rebuild a disposable host from nothing: image, boot, deploy, verify.
     Rebuild {
@@ -132,6 +174,25 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (labforge.1 and one per subcommand) into a directory.
     Man { dir: PathBuf },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SshArgs {
+    /// The operator's private key (default: ssh-agent via SSH_AUTH_SOCK).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Log in as this user (default: the host's first admin).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// known_hosts to use as-is (default: .labforge/known_hosts, rewritten from the secrets store).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and record an unknown host key for this host (repeatable). Never for a changed key.
+    #[arg(long, value_name = "HOST")]
+    pub trust_on_first_use: Vec<String>,
+    /// Seconds to wait for a connection.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -382,15 +382,6 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
     };
     match h.os {
         Os::Nixos => {
-            steps.push(step(
-                "nixos-switch",
-                None,
-                Action::NixosSwitch {
-                    flake_attr: format!(".#nixosConfigurations.{}", h.name),
-                },
-                "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back"
-                    .into(),
-            ));
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::Before) {
                     let mut st = step(
@@ -400,9 +391,42 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                         format!("operator gate `{g}` before stack {s}"),
                     );
                     st.requires_gate = Some(g);
-                    steps.insert(steps.len() - 1, st);
+                    steps.push(st);
                 }
             }
+            // Stacks that read secrets get their .env before the switch: /var/lib/labforge/secrets (kept across
+            // reboots; service.nix's tmpfiles rule copies it to /run at boot) and /run/secrets (read now).
+            for s in &h.stacks {
+                if spec
+                    .stacks
+                    .get(s)
+                    .is_some_and(|st| !render::compose::stack_secrets(st).is_empty())
+                {
+                    for dest in [
+                        format!("/var/lib/labforge/secrets/{s}.env"),
+                        format!("/run/secrets/labforge/{s}.env"),
+                    ] {
+                        steps.push(step(
+                            "upload-env",
+                            Some(&format!("{s}:{dest}")),
+                            Action::UploadEnv {
+                                stack: s.clone(),
+                                dest: dest.clone(),
+                            },
+                            format!("write {dest} from the secrets store (0600)"),
+                        ));
+                    }
+                }
+            }
+            steps.push(step(
+                "nixos-switch",
+                None,
+                Action::NixosSwitch {
+                    flake_attr: format!(".#nixosConfigurations.{}", h.name),
+                },
+                "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back"
+                    .into(),
+            ));
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::After) {
                     steps.push(step(

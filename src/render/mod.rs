@@ -158,6 +158,21 @@ pub fn run(
         spec,
         store: if check { None } else { store },
     };
+    // Every SSH host gets its host key in the store on first render (seeds and images carry the private half;
+    // deploy pins the public half in known_hosts), whatever backend renders the host.
+    if let Some(store) = ctx.store {
+        let mut hosts: BTreeSet<&str> = BTreeSet::new();
+        for a in by_path.values() {
+            hosts.extend(a.hosts.iter().map(|h| h.as_str()));
+        }
+        for h in hosts {
+            if spec.hosts.get(h).is_some_and(|h| h.os.has_ssh()) {
+                store
+                    .ssh_host_key(h)
+                    .with_context(|| format!("preparing the SSH host key of {h}"))?;
+            }
+        }
+    }
     let mut report = Report::default();
     let mut outputs: Vec<(String, Vec<u8>, &Artifact)> = Vec::new();
     for b in backends() {

@@ -1,0 +1,250 @@
+//! `deploy` and `verify`: the two subcommands that talk to hosts (src/deploy, src/verify, src/transport).
+
+use super::commands::{load_valid, repo_root};
+use super::{Cli, Command, Exit, SshArgs};
+use crate::spec::model::Spec;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ssh_options(
+    root: &Path,
+    spec: &Spec,
+    a: &SshArgs,
+    host_user: Option<String>,
+) -> Result<crate::transport::ssh::SshOptions> {
+    let kh = match &a.known_hosts {
+        Some(p) => p.clone(),
+        None => {
+            let p = crate::transport::known_hosts::default_path(root);
+            write_known_hosts(root, spec, &p)?;
+            p
+        }
+    };
+    Ok(crate::transport::ssh::SshOptions {
+        user: a
+            .user
+            .clone()
+            .or(host_user)
+            .unwrap_or_else(|| "root".into()),
+        identity: a.identity.clone(),
+        known_hosts: kh,
+        trust_on_first_use: false,
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        command_timeout: Duration::from_secs(900),
+    })
+}
+
+/// `.labforge/known_hosts` from the store's public host keys (clear `.pub` files; no identity needed).
+fn write_known_hosts(root: &Path, spec: &Spec, path: &Path) -> Result<()> {
+    let store = crate::secrets::Store::open(root, spec)?;
+    let mut rows = Vec::new();
+    for h in spec.hosts.values().filter(|h| h.os.has_ssh()) {
+        let (Some(a), Some(k)) = (
+            h.management_address(spec),
+            store.ssh_host_public_key(&h.name),
+        ) else {
+            continue;
+        };
+        rows.push((h.name.clone(), a.to_string(), h.hardening.ssh_port, k));
+    }
+    crate::transport::known_hosts::write(path, &rows)
+}
+
+fn first_admin(spec: &Spec) -> Option<String> {
+    spec.site.admins.first().map(|a| a.name.clone())
+}
+
+pub fn run(cli: &Cli) -> Result<Exit> {
+    let spec = match load_valid(cli)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let root = repo_root(&cli.spec);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match &cli.command {
+        Command::Deploy {
+            hosts,
+            all,
+            on,
+            parallel,
+            dry_run,
+            confirm_timeout,
+            ssh,
+            json,
+        } => {
+            let names = match crate::deploy::select_hosts(&spec, hosts, *all, on.as_deref()) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(Exit::Input);
+                }
+            };
+            let sel: Vec<&crate::spec::model::Host> =
+                names.iter().map(|n| &spec.hosts[n]).collect();
+            let plan = crate::plan::plan(&spec, &sel);
+            if *dry_run {
+                for hp in &plan.hosts {
+                    for s in &hp.deploy {
+                        let gate = match &s.requires_gate {
+                            Some(g) => spec
+                                .gates
+                                .get(g)
+                                .and_then(|gd| crate::gate::status(&spec, &root, gd).ok())
+                                .map(|(st, _)| format!(" [gate {g}: {st:?}]"))
+                                .unwrap_or_default(),
+                            None => String::new(),
+                        };
+                        if *json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"event": "planned", "host": hp.name, "step": s.id, "action": s.action, "description": s.description})
+                            );
+                        } else {
+                            println!("{:<12} {:<40} {}{gate}", hp.name, s.id, s.description);
+                        }
+                    }
+                }
+                return Ok(Exit::Ok);
+            }
+            let opts = ssh_options(&root, &spec, ssh, first_admin(&spec))?;
+            let spec = Arc::new(spec);
+            let store = Arc::new(crate::secrets::Store::open(&root, &spec)?);
+            let spec2 = spec.clone();
+            let connector = Arc::new(crate::deploy::SshConnector {
+                spec: spec.clone(),
+                opts,
+                tofu: ssh.trust_on_first_use.clone(),
+                probe_timeout: Duration::from_secs(2),
+            });
+            let ctx = Arc::new(crate::deploy::Ctx {
+                spec: spec.clone(),
+                root: root.clone(),
+                connector,
+                sink: crate::deploy::sink(*json),
+                confirm_timeout: Duration::from_secs(*confirm_timeout),
+                secrets: Arc::new(move |name: &str| {
+                    let r = spec2
+                        .secrets
+                        .get(name)
+                        .ok_or_else(|| anyhow::anyhow!("secret `{name}` is not declared"))?;
+                    store.resolve(r)
+                }),
+            });
+            let plans: Vec<_> = plan
+                .hosts
+                .into_iter()
+                .filter(|h| !h.deploy.is_empty())
+                .collect();
+            let summary = rt.block_on(crate::deploy::deploy(
+                ctx.clone(),
+                plans,
+                *parallel as usize,
+            ));
+            let ok = summary.iter().all(|h| {
+                matches!(
+                    h.status,
+                    crate::deploy::StepStatus::Changed | crate::deploy::StepStatus::Unchanged
+                )
+            });
+            if *json {
+                (ctx.sink)(&crate::deploy::Event::Summary {
+                    hosts: summary.clone(),
+                    ok,
+                });
+            } else {
+                print!("{}", crate::deploy::summary_table(&summary));
+                if summary
+                    .iter()
+                    .all(|h| h.status == crate::deploy::StepStatus::Unchanged)
+                {
+                    println!("no changes: every host already matches the spec");
+                }
+            }
+            Ok(if ok { Exit::Ok } else { Exit::Failed })
+        }
+        Command::Verify {
+            hosts,
+            all,
+            on,
+            parallel,
+            junit,
+            probe_timeout_ms,
+            ssh,
+            json,
+        } => {
+            let names = match crate::deploy::select_hosts(&spec, hosts, *all, on.as_deref()) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(Exit::Input);
+                }
+            };
+            let names: Vec<String> = names
+                .into_iter()
+                .filter(|n| spec.hosts[n].os.has_ssh())
+                .collect();
+            let base = ssh_options(&root, &spec, ssh, None)?;
+            let spec = Arc::new(spec);
+            let sem = Arc::new(tokio::sync::Semaphore::new(*parallel as usize));
+            let reports = rt.block_on(async {
+                let mut hs = Vec::new();
+                for n in names {
+                    let spec = spec.clone();
+                    let sem = sem.clone();
+                    let mut o = base.clone();
+                    if ssh.user.is_none() {
+                        o.user = spec.hosts[&n]
+                            .admins
+                            .first()
+                            .cloned()
+                            .or_else(|| first_admin(&spec))
+                            .unwrap_or_else(|| "root".into());
+                    }
+                    o.trust_on_first_use = ssh.trust_on_first_use.contains(&n);
+                    let pt = Duration::from_millis((*probe_timeout_ms).max(50));
+                    hs.push(tokio::spawn(async move {
+                        let _p = sem.acquire_owned().await;
+                        let opts = crate::verify::Options {
+                            ssh: o,
+                            probe_timeout: pt,
+                        };
+                        crate::verify::verify_host(&spec, &spec.hosts[&n], &opts).await
+                    }));
+                }
+                let mut v = Vec::new();
+                for h in hs {
+                    if let Ok(r) = h.await {
+                        v.push(r);
+                    }
+                }
+                v
+            });
+            if let Some(p) = junit {
+                crate::render::write_atomic(p, crate::verify::junit(&reports).as_bytes(), 0o644)?;
+            }
+            if json.json {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({"hosts": reports, "exit": crate::verify::exit_code(&reports)}),
+                )?;
+                use std::io::Write;
+                writeln!(out)?;
+            } else {
+                print!("{}", crate::verify::human(&reports));
+            }
+            Ok(match crate::verify::exit_code(&reports) {
+                0 => Exit::Ok,
+                1 => Exit::Failed,
+                _ => Exit::Input,
+            })
+        }
+        _ => unreachable!("only deploy and verify are routed here"),
+    }
+}

@@ -1,0 +1,713 @@
+//! `labforge deploy`: execute the plan's per-host steps over a [`Transport`].
+//!
+//! Each [`Action`] of the plan describes itself (the plan's `description`), executes here, and reverts where
+//! that makes sense (sshd drop-in and firewall: restore the previous file if validation or a fresh login
+//! fails; NixOS: the previous generation). Hosts run in parallel up to `--parallel`; one failing host never
+//! stops the others. Events go to stderr as text, or to stdout as JSON lines with `--json`; no event ever
+//! carries a secret value (only paths, sizes and step ids).
+
+pub mod nixos;
+
+use crate::plan::{Action, HostPlan, Step};
+use crate::spec::model::{Os, Spec};
+use crate::transport::{self, rpath, sq, BoxFut, Transport};
+use crate::verify;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Opens transports to a host (a fresh one each call) and verifies hosts.
+pub trait Connector: Send + Sync {
+    fn connect<'a>(&'a self, host: &'a str) -> BoxFut<'a, Result<Arc<dyn Transport>>>;
+    fn verify<'a>(&'a self, spec: &'a Spec, host: &'a str) -> BoxFut<'a, verify::HostReport>;
+}
+
+/// The real connector: russh with the project's known_hosts.
+pub struct SshConnector {
+    pub spec: Arc<Spec>,
+    pub opts: crate::transport::ssh::SshOptions,
+    pub tofu: Vec<String>,
+    pub probe_timeout: Duration,
+}
+
+impl SshConnector {
+    fn opts_for(&self, host: &str) -> crate::transport::ssh::SshOptions {
+        let mut o = self.opts.clone();
+        o.trust_on_first_use = self.tofu.iter().any(|h| h == host);
+        o
+    }
+}
+
+impl Connector for SshConnector {
+    fn connect<'a>(&'a self, host: &'a str) -> BoxFut<'a, Result<Arc<dyn Transport>>> {
+        Box::pin(async move {
+            let h = self
+                .spec
+                .hosts
+                .get(host)
+                .ok_or_else(|| anyhow!("no host `{host}`"))?;
+            let addr = h
+                .management_address(&self.spec)
+                .ok_or_else(|| anyhow!("host `{host}` has no management address"))?;
+            let t = crate::transport::ssh::SshTransport::connect(
+                host,
+                &addr.to_string(),
+                h.hardening.ssh_port,
+                &self.opts_for(host),
+            )
+            .await?;
+            Ok(Arc::new(t) as Arc<dyn Transport>)
+        })
+    }
+    fn verify<'a>(&'a self, spec: &'a Spec, host: &'a str) -> BoxFut<'a, verify::HostReport> {
+        Box::pin(async move {
+            let h = &spec.hosts[host];
+            let o = verify::Options {
+                ssh: self.opts_for(host),
+                probe_timeout: self.probe_timeout,
+            };
+            verify::verify_host(spec, h, &o).await
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    Changed,
+    Unchanged,
+    Ok,
+    Skipped,
+    Blocked,
+    Failed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    HostStart {
+        host: String,
+        steps: usize,
+    },
+    Step {
+        host: String,
+        step: String,
+        status: StepStatus,
+        detail: String,
+    },
+    HostDone {
+        host: String,
+        status: StepStatus,
+        changed: usize,
+        detail: String,
+    },
+    Summary {
+        hosts: Vec<HostSummary>,
+        ok: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSummary {
+    pub host: String,
+    pub status: StepStatus,
+    pub changed: usize,
+    pub detail: String,
+}
+
+pub type Sink = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Resolves a spec secret name to its value (for `.env` files).
+pub type SecretFn = Arc<dyn Fn(&str) -> Result<crate::secrets::Secret> + Send + Sync>;
+
+pub struct Ctx {
+    pub spec: Arc<Spec>,
+    /// Repository root (rendered files are read from here, gates live here).
+    pub root: PathBuf,
+    pub connector: Arc<dyn Connector>,
+    pub sink: Sink,
+    /// How long a NixOS switch may take to be confirmed before the host rolls itself back.
+    pub confirm_timeout: Duration,
+    /// Secret values for `.env` files (resolved lazily; never logged).
+    pub secrets: SecretFn,
+}
+
+#[derive(Default)]
+struct HostState {
+    changed: usize,
+    changed_stacks: BTreeSet<String>,
+    /// sshd drop-in path → previous content (`None` = did not exist) when this run replaced it.
+    sshd_prev: BTreeMap<String, Option<Vec<u8>>>,
+    blocked: Option<String>,
+}
+
+/// Where a planned file goes on the host.
+pub fn remote_path(file: &str, dest: &str) -> String {
+    let rest = match file.strip_prefix("stacks/") {
+        Some(r) => r.split_once('/').map(|(_, x)| x).unwrap_or(r),
+        None => file.rsplit('/').next().unwrap_or(file),
+    };
+    if dest.ends_with('/') {
+        format!("{dest}{rest}")
+    } else {
+        dest.to_string()
+    }
+}
+
+fn parse_mode(m: &str) -> u32 {
+    u32::from_str_radix(m.trim_start_matches("0o"), 8).unwrap_or(0o644)
+}
+
+/// Deploy every host in `plans`, at most `parallel` at a time. Returns the per-host summaries.
+pub async fn deploy(ctx: Arc<Ctx>, plans: Vec<HostPlan>, parallel: usize) -> Vec<HostSummary> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut handles = Vec::new();
+    for hp in plans {
+        let ctx = ctx.clone();
+        let sem = sem.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let name = hp.name.clone();
+            let r = run_host(&ctx, &hp).await;
+            let s = match r {
+                Ok((st, changed, detail)) => HostSummary {
+                    host: name.clone(),
+                    status: st,
+                    changed,
+                    detail,
+                },
+                Err((changed, e)) => HostSummary {
+                    host: name.clone(),
+                    status: StepStatus::Failed,
+                    changed,
+                    detail: format!("{e:#}"),
+                },
+            };
+            (ctx.sink)(&Event::HostDone {
+                host: s.host.clone(),
+                status: s.status.clone(),
+                changed: s.changed,
+                detail: s.detail.clone(),
+            });
+            s
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(s) => out.push(s),
+            Err(e) => out.push(HostSummary {
+                host: "?".into(),
+                status: StepStatus::Failed,
+                changed: 0,
+                detail: format!("internal error: {e}"),
+            }),
+        }
+    }
+    out
+}
+
+type HostResult = std::result::Result<(StepStatus, usize, String), (usize, anyhow::Error)>;
+
+async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
+    (ctx.sink)(&Event::HostStart {
+        host: hp.name.clone(),
+        steps: hp.deploy.len(),
+    });
+    let mut st = HostState::default();
+    let mut t: Option<Arc<dyn Transport>> = None;
+    let emit = |step: &Step, status: StepStatus, detail: String| {
+        (ctx.sink)(&Event::Step {
+            host: hp.name.clone(),
+            step: step.id.clone(),
+            status,
+            detail,
+        })
+    };
+    for step in &hp.deploy {
+        if let Some(b) = &st.blocked {
+            emit(step, StepStatus::Skipped, format!("not run: {b}"));
+            continue;
+        }
+        if let Action::ConnectPinned { address, port } = &step.action {
+            match ctx.connector.connect(&hp.name).await {
+                Ok(x) => {
+                    t = Some(x);
+                    emit(
+                        step,
+                        StepStatus::Ok,
+                        format!("connected to {address}:{port}, host key pinned"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    let e = anyhow!("host `{}`, step `{}`: {e:#}", hp.name, step.id);
+                    emit(step, StepStatus::Failed, format!("{e:#}"));
+                    return Err((st.changed, e));
+                }
+            }
+        }
+        let Some(tr) = t.clone() else {
+            let e = anyhow!(
+                "host `{}`, step `{}`: no connection (the plan has no connect step)",
+                hp.name,
+                step.id
+            );
+            return Err((st.changed, e));
+        };
+        match exec_step(ctx, hp, step, tr.as_ref(), &mut st).await {
+            Ok((status, detail)) => {
+                if status == StepStatus::Changed {
+                    st.changed += 1;
+                }
+                if status == StepStatus::Blocked {
+                    st.blocked = Some(format!("blocked by {}", step.id));
+                }
+                emit(step, status, detail);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let msg = if msg.contains(&step.id) {
+                    msg
+                } else {
+                    format!("host `{}`, step `{}`: {msg}", hp.name, step.id)
+                };
+                emit(step, StepStatus::Failed, msg.clone());
+                return Err((st.changed, anyhow!(msg)));
+            }
+        }
+    }
+    if let Some(b) = st.blocked {
+        return Ok((StepStatus::Blocked, st.changed, b));
+    }
+    Ok(if st.changed == 0 {
+        (StepStatus::Unchanged, 0, "no changes".into())
+    } else {
+        (
+            StepStatus::Changed,
+            st.changed,
+            format!("{} step(s) changed the host", st.changed),
+        )
+    })
+}
+
+async fn remote_hashes(
+    t: &dyn Transport,
+    step: &str,
+    paths: &[String],
+) -> Result<BTreeMap<String, Option<String>>> {
+    let o = t
+        .run(step, &t.privileged(&transport::hash_script(paths)))
+        .await?;
+    Ok(transport::parse_hashes(&o.stdout_str()))
+}
+
+async fn read_remote(t: &dyn Transport, step: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    let cmd = t.privileged(&format!(
+        "f={}; if [ -f \"$f\" ]; then echo present; cat \"$f\"; else echo absent; fi",
+        rpath(path)
+    ));
+    let o = t.run(step, &cmd).await?;
+    let out = o.stdout;
+    if out.starts_with(b"present\n") {
+        Ok(Some(out[8..].to_vec()))
+    } else {
+        Ok(None)
+    }
+}
+
+async fn restore(
+    t: &dyn Transport,
+    step: &str,
+    path: &str,
+    prev: &Option<Vec<u8>>,
+    mode: u32,
+) -> Result<()> {
+    match prev {
+        Some(b) => t.upload(step, path, b, mode, None).await?,
+        None => {
+            t.run(step, &t.privileged(&format!("rm -f -- {}", rpath(path))))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn read_local(ctx: &Ctx, file: &str) -> Result<Vec<u8>> {
+    let p = ctx.root.join(file);
+    std::fs::read(&p)
+        .with_context(|| format!("reading {} (run `labforge render` first)", p.display()))
+}
+
+fn env_file(ctx: &Ctx, stack: &str) -> Result<Vec<u8>> {
+    let st = ctx
+        .spec
+        .stacks
+        .get(stack)
+        .ok_or_else(|| anyhow!("no stack `{stack}`"))?;
+    let mut out = format!(
+        "# Written by labforge deploy from the secrets store: stack {stack}. Do not commit.\n"
+    )
+    .into_bytes();
+    for name in crate::render::compose::stack_secrets(st) {
+        let v =
+            (ctx.secrets)(&name).with_context(|| format!("secret `{name}` for stack {stack}"))?;
+        let s = v.expose_str().with_context(|| format!("secret `{name}`"))?;
+        if s.contains('\'') || s.contains('\n') {
+            bail!(
+                "secret `{name}` contains a quote or newline and cannot be written to a .env file"
+            );
+        }
+        out.extend_from_slice(
+            format!("{}='", crate::render::compose::secret_var(&name)).as_bytes(),
+        );
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"'\n");
+    }
+    Ok(out)
+}
+
+async fn upload_if_changed(
+    t: &dyn Transport,
+    step: &str,
+    items: &[(String, Vec<u8>)],
+    mode: u32,
+) -> Result<Vec<String>> {
+    let paths: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+    let have = remote_hashes(t, step, &paths).await?;
+    let mut changed = Vec::new();
+    for (p, bytes) in items {
+        let want = transport::sha256_hex(bytes);
+        if have.get(p).cloned().flatten().as_deref() == Some(want.as_str()) {
+            continue;
+        }
+        t.upload(step, p, bytes, mode, Some("root:root")).await?;
+        changed.push(p.clone());
+    }
+    Ok(changed)
+}
+
+async fn exec_step(
+    ctx: &Ctx,
+    hp: &HostPlan,
+    step: &Step,
+    t: &dyn Transport,
+    st: &mut HostState,
+) -> Result<(StepStatus, String)> {
+    let id = step.id.as_str();
+    Ok(match &step.action {
+        Action::ConnectPinned { .. } => unreachable!("handled by run_host"),
+        Action::Upload { files, dest, mode } => {
+            let mode = parse_mode(mode);
+            let mut items = Vec::new();
+            for f in files {
+                items.push((remote_path(f, dest), read_local(ctx, f)?));
+            }
+            let is_sshd = dest.starts_with("/etc/ssh/");
+            if is_sshd {
+                for (p, b) in &items {
+                    transport::check_lockout(&String::from_utf8_lossy(b))
+                        .with_context(|| p.to_string())?;
+                    if !st.sshd_prev.contains_key(p) {
+                        let prev = read_remote(t, id, p).await?;
+                        if prev.as_deref() != Some(b.as_slice()) {
+                            st.sshd_prev.insert(p.clone(), prev);
+                        }
+                    }
+                }
+            }
+            let changed = upload_if_changed(t, id, &items, mode).await?;
+            if is_sshd {
+                st.sshd_prev.retain(|p, _| changed.contains(p));
+            }
+            if changed.is_empty() {
+                (
+                    StepStatus::Unchanged,
+                    format!("{} file(s) already up to date", items.len()),
+                )
+            } else {
+                if let Some(s) = files
+                    .iter()
+                    .find_map(|f| f.strip_prefix("stacks/"))
+                    .and_then(|r| r.split('/').next())
+                {
+                    st.changed_stacks.insert(s.to_string());
+                }
+                (
+                    StepStatus::Changed,
+                    format!("uploaded {}", changed.join(", ")),
+                )
+            }
+        }
+        Action::UploadEnv { stack, dest } => {
+            let bytes = env_file(ctx, stack)?;
+            let changed = upload_if_changed(t, id, &[(dest.clone(), bytes)], 0o600).await?;
+            if changed.is_empty() {
+                (StepStatus::Unchanged, format!("{dest} up to date"))
+            } else {
+                st.changed_stacks.insert(stack.clone());
+                (
+                    StepStatus::Changed,
+                    format!("wrote {dest} (0600, values from the secrets store)"),
+                )
+            }
+        }
+        Action::SshdValidate => {
+            let cmd = t.privileged(&format!("sshd -t -f {}", rpath("/etc/ssh/sshd_config")));
+            let o = t.exec(id, &cmd, None).await?;
+            if !o.ok() {
+                let why = transport::failure_text(&o);
+                for (p, prev) in &st.sshd_prev {
+                    restore(t, id, p, prev, 0o644).await?;
+                }
+                bail!("sshd -t rejected the new configuration ({why}); the previous drop-in was restored and sshd was not reloaded");
+            }
+            (StepStatus::Ok, "sshd -t accepts the configuration".into())
+        }
+        Action::SshdReload => {
+            if st.sshd_prev.is_empty() {
+                (
+                    StepStatus::Unchanged,
+                    "sshd config unchanged, no reload".into(),
+                )
+            } else {
+                t.run(
+                    id,
+                    &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
+                )
+                .await?;
+                // A fresh login proves the new config still lets labforge in; otherwise put the old one back.
+                let fresh = match ctx.connector.connect(&hp.name).await {
+                    Ok(f) => f
+                        .run(id, "true")
+                        .await
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = fresh {
+                    for (p, prev) in &st.sshd_prev {
+                        restore(t, id, p, prev, 0o644).await?;
+                    }
+                    t.run(
+                        id,
+                        &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
+                    )
+                    .await?;
+                    bail!("after reloading sshd a fresh login failed ({e:#}); the previous drop-in was restored and sshd reloaded");
+                }
+                (
+                    StepStatus::Changed,
+                    "sshd reloaded; a fresh login works".into(),
+                )
+            }
+        }
+        Action::FirewallApply { file } => {
+            let bytes = read_local(ctx, file)?;
+            let target = "/etc/nftables.conf";
+            let have = remote_hashes(t, id, &[target.to_string()]).await?;
+            if have.get(target).cloned().flatten() == Some(transport::sha256_hex(&bytes)) {
+                (StepStatus::Unchanged, format!("{target} up to date"))
+            } else {
+                let prev = read_remote(t, id, target).await?;
+                let staged = "/etc/nftables.conf.labforge-new";
+                t.upload(id, staged, &bytes, 0o644, Some("root:root"))
+                    .await?;
+                t.run(id, &t.privileged(&format!("nft -c -f {}", rpath(staged))))
+                    .await?;
+                t.upload(id, target, &bytes, 0o755, Some("root:root"))
+                    .await?;
+                t.run(
+                    id,
+                    &t.privileged(&format!(
+                        "rm -f -- {}; nft -f {}",
+                        rpath(staged),
+                        rpath(target)
+                    )),
+                )
+                .await?;
+                let fresh = match ctx.connector.connect(&hp.name).await {
+                    Ok(f) => f
+                        .run(id, "true")
+                        .await
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = fresh {
+                    restore(t, id, target, &prev, 0o755).await?;
+                    t.run(id, &t.privileged(&format!("nft -f {}", rpath(target))))
+                        .await?;
+                    bail!("after loading the ruleset a fresh SSH login failed ({e:#}); the previous ruleset was restored");
+                }
+                (
+                    StepStatus::Changed,
+                    "ruleset loaded with nft -f (table inet labforge); a fresh login works".into(),
+                )
+            }
+        }
+        Action::ComposeUp { stack, dir } => {
+            if !st.changed_stacks.contains(stack) {
+                (
+                    StepStatus::Unchanged,
+                    format!("stack {stack} unchanged, not restarted"),
+                )
+            } else {
+                let host_env = format!("hosts/{}.env", hp.name);
+                let cmd = t.privileged(&format!(
+                    "cd {} && if [ -f {he} ]; then docker compose --env-file {he} --env-file .env up -d --remove-orphans; else docker compose --env-file .env up -d --remove-orphans; fi",
+                    rpath(dir),
+                    he = sq(&host_env)
+                ));
+                t.run(id, &cmd).await?;
+                (
+                    StepStatus::Changed,
+                    format!("docker compose up -d in {dir}"),
+                )
+            }
+        }
+        Action::Gate { gate } => {
+            let g = ctx
+                .spec
+                .gates
+                .get(gate)
+                .ok_or_else(|| anyhow!("no gate `{gate}` in the spec"))?;
+            let (status, _) = crate::gate::status(&ctx.spec, &ctx.root, g)?;
+            if status == crate::gate::Status::Confirmed {
+                (StepStatus::Ok, format!("gate {gate} signed off"))
+            } else {
+                // Evidence is shown to the operator, never judged: labforge does not confirm gates.
+                let mut ev = String::new();
+                for e in &g.evidence {
+                    let o = t.exec(id, &t.privileged(e), None).await;
+                    let text = match o {
+                        Ok(o) => format!("{}{}", o.stdout_str(), o.stderr_str()),
+                        Err(e) => format!("(could not run: {e})"),
+                    };
+                    ev.push_str(&format!("$ {e}\n{}\n", text.trim_end()));
+                }
+                (
+                    StepStatus::Blocked,
+                    format!(
+                        "operator gate `{gate}` ({}) is {status:?}: validate it by hand, then `labforge gate confirm {gate}` and deploy again{}",
+                        g.title,
+                        if ev.is_empty() { String::new() } else { format!("\nevidence:\n{ev}") }
+                    ),
+                )
+            }
+        }
+        Action::Verify => {
+            let r = ctx.connector.verify(&ctx.spec, &hp.name).await;
+            let fails = r.failing();
+            let errors: Vec<&str> = r
+                .results
+                .iter()
+                .filter(|c| c.status == verify::Status::Error)
+                .map(|c| c.id.as_str())
+                .collect();
+            if fails.is_empty() && errors.is_empty() {
+                (
+                    StepStatus::Ok,
+                    format!("{} checks pass", r.count(verify::Status::Pass)),
+                )
+            } else {
+                bail!(
+                    "verify: failing {:?}, errors {:?} (run `labforge verify {}`)",
+                    fails,
+                    errors,
+                    hp.name
+                )
+            }
+        }
+        Action::NixosSwitch { .. } => nixos::switch(ctx, hp, step, t, &mut st.changed).await?,
+        Action::TalosApplyConfig { .. }
+        | Action::TalosBootstrap { .. }
+        | Action::TalosKubeconfig { .. }
+        | Action::TalosHealth { .. } => (
+            StepStatus::Skipped,
+            "Talos nodes are driven by talosctl (see `labforge plan`), not over SSH".into(),
+        ),
+    })
+}
+
+/// Human summary table.
+pub fn summary_table(s: &[HostSummary]) -> String {
+    let mut o = format!("{:<16} {:<12} {:>7}  DETAIL\n", "HOST", "RESULT", "CHANGED");
+    for h in s {
+        let st = serde_json::to_value(&h.status)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.to_string()))
+            .unwrap_or_default();
+        o.push_str(&format!(
+            "{:<16} {:<12} {:>7}  {}\n",
+            h.host,
+            st,
+            h.changed,
+            h.detail.lines().next().unwrap_or("")
+        ));
+    }
+    o
+}
+
+/// A sink that prints human progress to stderr, or JSON lines to stdout.
+pub fn sink(json: bool) -> Sink {
+    let lock = Arc::new(Mutex::new(()));
+    Arc::new(move |e: &Event| {
+        let _g = lock.lock();
+        if json {
+            if let Ok(s) = serde_json::to_string(e) {
+                println!("{s}");
+            }
+        } else {
+            match e {
+                Event::HostStart { host, steps } => eprintln!("[{host}] {steps} step(s)"),
+                Event::Step {
+                    host,
+                    step,
+                    status,
+                    detail,
+                } => {
+                    eprintln!("[{host}] {step}: {status:?} — {detail}")
+                }
+                Event::HostDone { host, status, .. } => eprintln!("[{host}] done: {status:?}"),
+                Event::Summary { .. } => {}
+            }
+        }
+    })
+}
+
+/// Which hosts a deploy/verify selects: names, `--all`, or `--on TAG`.
+pub fn select_hosts(
+    spec: &Spec,
+    names: &[String],
+    all: bool,
+    tag: Option<&str>,
+) -> Result<Vec<String>, String> {
+    if let Some(t) = tag {
+        let v: Vec<String> = spec
+            .hosts
+            .values()
+            .filter(|h| h.tags.iter().any(|x| x == t) || h.role == t)
+            .map(|h| h.name.clone())
+            .collect();
+        if v.is_empty() {
+            return Err(format!("no host has tag or role `{t}`"));
+        }
+        return Ok(v);
+    }
+    if all {
+        return Ok(spec
+            .hosts
+            .values()
+            .filter(|h| h.os != Os::Talos)
+            .map(|h| h.name.clone())
+            .collect());
+    }
+    if names.is_empty() {
+        return Err("name hosts, or pass --all or --on TAG".into());
+    }
+    crate::plan::select(spec, names).map(|v| v.iter().map(|h| h.name.clone()).collect())
+}

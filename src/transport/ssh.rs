@@ -1,0 +1,321 @@
+//! The SSH transport (russh): strict host keys from labforge's known_hosts, auth by key file or ssh-agent.
+
+use super::known_hosts::{self, Verdict};
+use super::{BoxFut, Output, Transport, TransportError};
+use anyhow::{anyhow, bail, Context, Result};
+use russh::client;
+use russh::keys::PublicKey;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub user: String,
+    /// The operator's private key; `None` = ssh-agent (`SSH_AUTH_SOCK`).
+    pub identity: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    /// Accept and record an unknown key for this host (the operator's explicit per-host flag).
+    pub trust_on_first_use: bool,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+/// What the server presented and how it compared with known_hosts.
+#[derive(Debug, Clone, Default)]
+pub struct KeySeen {
+    pub algo: String,
+    pub key: String,
+    pub verdict: Option<Verdict>,
+}
+
+struct Handler {
+    addr: String,
+    port: u16,
+    entries: Vec<known_hosts::Entry>,
+    tofu: bool,
+    seen: Arc<Mutex<KeySeen>>,
+}
+
+impl client::Handler for Handler {
+    type Error = russh::Error;
+    async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
+        let openssh = key.to_openssh().unwrap_or_default();
+        let mut it = openssh.split_whitespace();
+        let algo = it.next().unwrap_or("").to_string();
+        let b64 = it.next().unwrap_or("").to_string();
+        let v = known_hosts::check(&self.entries, &self.addr, self.port, &algo, &b64);
+        let ok = v == Verdict::Match || (v == Verdict::Unknown && self.tofu);
+        if let Ok(mut s) = self.seen.lock() {
+            *s = KeySeen {
+                algo,
+                key: b64,
+                verdict: Some(v),
+            };
+        }
+        Ok(ok)
+    }
+}
+
+pub struct SshTransport {
+    pub name: String,
+    pub addr: String,
+    pub port: u16,
+    user: String,
+    handle: tokio::sync::Mutex<client::Handle<Handler>>,
+    command_timeout: Duration,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..client::Config::default()
+    })
+}
+
+/// Open the SSH session and check the host key (before anything else is sent); no authentication.
+async fn open(
+    name: &str,
+    addr: &str,
+    port: u16,
+    opts: &SshOptions,
+) -> Result<(client::Handle<Handler>, Arc<Mutex<KeySeen>>)> {
+    let text = std::fs::read_to_string(&opts.known_hosts).unwrap_or_default();
+    let entries = known_hosts::parse(&text);
+    let seen = Arc::new(Mutex::new(KeySeen::default()));
+    let h = Handler {
+        addr: addr.to_string(),
+        port,
+        entries,
+        tofu: opts.trust_on_first_use,
+        seen: seen.clone(),
+    };
+    let target = format!("{addr}:{port}");
+    let r = tokio::time::timeout(
+        opts.connect_timeout,
+        client::connect(config(), target.as_str(), h),
+    )
+    .await;
+    let handle = match r {
+        Err(_) => bail!(
+            "host `{name}`: no SSH connection to {target} within {:?}",
+            opts.connect_timeout
+        ),
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let s = seen.lock().map(|s| s.clone()).unwrap_or_default();
+            return Err(match s.verdict {
+                Some(Verdict::Mismatch { expected }) => anyhow!(
+                    "host `{name}`: HOST KEY MISMATCH at {target}: the server presented {} {} but {} pins {}; refused before sending anything (a re-installed host needs `labforge render` to refresh the key, otherwise suspect a man-in-the-middle)",
+                    s.algo, s.key, opts.known_hosts.display(), expected.join(" or ")
+                ),
+                Some(Verdict::Unknown) => anyhow!(
+                    "host `{name}`: {target} is not in {} (host keys come from the secrets store: run `labforge render`); refused. Pass `--trust-on-first-use {name}` only if you verified its key {} {} out of band",
+                    opts.known_hosts.display(), s.algo, s.key
+                ),
+                _ => anyhow!("host `{name}`: SSH to {target} failed: {e}"),
+            });
+        }
+    };
+    let s = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    if s.verdict == Some(Verdict::Unknown) && opts.trust_on_first_use {
+        known_hosts::append_tofu(&opts.known_hosts, addr, port, &s.algo, &s.key)?;
+    }
+    Ok((handle, seen))
+}
+
+impl SshTransport {
+    /// Connect with the pinned host key and authenticate with the operator's key or agent.
+    pub async fn connect(name: &str, addr: &str, port: u16, opts: &SshOptions) -> Result<Self> {
+        let (mut handle, _) = open(name, addr, port, opts).await?;
+        let target = format!("{addr}:{port}");
+        let ok = match &opts.identity {
+            Some(path) => {
+                let key = russh::keys::load_secret_key(path, None)
+                    .with_context(|| format!("reading identity {}", path.display()))?;
+                let hash = if matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
+                    handle.best_supported_rsa_hash().await?.flatten()
+                } else {
+                    None
+                };
+                let r = handle
+                    .authenticate_publickey(
+                        opts.user.clone(),
+                        russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                    )
+                    .await?;
+                r.success()
+            }
+            None => {
+                let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+                    .await
+                    .map_err(|e| anyhow!("no --identity given and no ssh-agent ({e}): set SSH_AUTH_SOCK or pass --identity FILE"))?;
+                let ids = agent.request_identities().await?;
+                let mut ok = false;
+                for k in ids {
+                    let r = handle
+                        .authenticate_publickey_with(opts.user.clone(), k, None, &mut agent)
+                        .await;
+                    if matches!(r, Ok(ref a) if a.success()) {
+                        ok = true;
+                        break;
+                    }
+                }
+                ok
+            }
+        };
+        if !ok {
+            bail!(
+                "host `{name}`: public key authentication as `{}` refused by {target}",
+                opts.user
+            );
+        }
+        Ok(SshTransport {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            port,
+            user: opts.user.clone(),
+            handle: tokio::sync::Mutex::new(handle),
+            command_timeout: opts.command_timeout,
+        })
+    }
+
+    pub async fn close(&self) {
+        let h = self.handle.lock().await;
+        let _ = h
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// What the server offers before login: `none` auth → remaining methods; then a password attempt.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuthProbe {
+    pub methods: Vec<String>,
+    /// `Some(true)` if a (wrong) password was accepted, `Some(false)` refused, `None` not offered at all.
+    pub password_accepted: Option<bool>,
+}
+
+pub async fn auth_probe(
+    name: &str,
+    addr: &str,
+    port: u16,
+    user: &str,
+    opts: &SshOptions,
+) -> Result<AuthProbe> {
+    let (mut h, _) = open(name, addr, port, opts).await?;
+    let r = h.authenticate_none(user).await?;
+    let methods: Vec<String> = match &r {
+        client::AuthResult::Success => vec!["none".into()],
+        client::AuthResult::Failure {
+            remaining_methods, ..
+        } => remaining_methods
+            .iter()
+            .map(|m| String::from(<&str>::from(m)))
+            .collect(),
+    };
+    let password_accepted = if methods.iter().any(|m| m == "password") {
+        let r = h
+            .authenticate_password(user, "labforge-verify-wrong-password")
+            .await?;
+        Some(r.success())
+    } else {
+        None
+    };
+    let _ = h
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    Ok(AuthProbe {
+        methods,
+        password_accepted,
+    })
+}
+
+impl Transport for SshTransport {
+    fn host(&self) -> &str {
+        &self.name
+    }
+    fn needs_sudo(&self) -> bool {
+        self.user != "root"
+    }
+    fn exec<'a>(
+        &'a self,
+        step: &'a str,
+        cmd: &'a str,
+        stdin: Option<&'a [u8]>,
+    ) -> BoxFut<'a, Result<Output, TransportError>> {
+        Box::pin(async move {
+            let fut = async {
+                let ch = {
+                    let h = self.handle.lock().await;
+                    h.channel_open_session().await?
+                };
+                ch.exec(true, cmd).await?;
+                // Read while writing: if the connection dies mid-upload the reader sees it at once
+                // (instead of the writer waiting for window space until the timeout).
+                let (mut rd, wr) = ch.split();
+                let writer = async {
+                    if let Some(data) = stdin {
+                        wr.data(data).await?;
+                        wr.eof().await?;
+                    }
+                    Ok::<_, russh::Error>(())
+                };
+                tokio::pin!(writer);
+                let mut write_done = stdin.is_none();
+                let mut o = Output::default();
+                let mut closed = false;
+                loop {
+                    tokio::select! {
+                        r = &mut writer, if !write_done => {
+                            write_done = true;
+                            r?;
+                        }
+                        m = rd.wait() => match m {
+                            Some(russh::ChannelMsg::Data { data }) => o.stdout.extend_from_slice(&data),
+                            Some(russh::ChannelMsg::ExtendedData { data, .. }) => {
+                                o.stderr.extend_from_slice(&data)
+                            }
+                            Some(russh::ChannelMsg::ExitStatus { exit_status }) => {
+                                o.status = Some(exit_status)
+                            }
+                            Some(russh::ChannelMsg::Close) => {
+                                closed = true;
+                                break;
+                            }
+                            Some(_) => {}
+                            None => break,
+                        }
+                    }
+                }
+                if !write_done {
+                    return Err(russh::Error::Disconnect);
+                }
+                if !closed && o.status.is_none() {
+                    return Err(russh::Error::Disconnect);
+                }
+                Ok::<_, russh::Error>(o)
+            };
+            match tokio::time::timeout(self.command_timeout, fut).await {
+                Err(_) => Err(self.error(
+                    step,
+                    cmd_for_msg(cmd),
+                    format!("timed out after {:?}", self.command_timeout),
+                )),
+                Ok(Err(e)) => Err(self.error(
+                    step,
+                    cmd_for_msg(cmd),
+                    format!("SSH connection to {}:{} lost: {e}", self.addr, self.port),
+                )),
+                Ok(Ok(o)) => Ok(o),
+            }
+        })
+    }
+}
+
+fn cmd_for_msg(cmd: &str) -> &str {
+    cmd.lines().next().unwrap_or(cmd)
+}

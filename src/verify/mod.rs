@@ -1,0 +1,452 @@
+//! `labforge verify`: run the check catalog ([`checks`]) against live hosts and judge the results.
+//!
+//! Remote probes of one host run as ONE script over one SSH channel (each probe framed by markers), the
+//! wire probes (KEXINIT, auth methods) and the controller's TCP probes run concurrently beside it.
+
+pub mod checks;
+pub mod eval;
+
+use crate::spec::model::{Host, Spec};
+use crate::transport::ssh::{self, SshOptions};
+use crate::transport::{probe, Transport};
+use checks::{Check, Probe};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Error,
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Error => "error",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub id: String,
+    pub title: String,
+    pub rule: String,
+    pub status: Status,
+    pub detail: String,
+    pub remediation: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub results: Vec<CheckResult>,
+}
+
+impl HostReport {
+    pub fn count(&self, s: Status) -> usize {
+        self.results.iter().filter(|r| r.status == s).count()
+    }
+    pub fn failing(&self) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter(|r| r.status == Status::Fail)
+            .map(|r| r.id.as_str())
+            .collect()
+    }
+}
+
+/// The outcome of one remote probe.
+#[derive(Debug, Clone)]
+pub enum RemoteOut {
+    Ok(String),
+    Failed { status: String, output: String },
+    Missing(String),
+}
+
+/// Build the one-script batch for a host's distinct remote probes.
+pub fn batch_script(probes: &[(String, String, String)]) -> String {
+    let mut s = String::from("exec 2>&1\n");
+    for (key, tool, cmd) in probes {
+        s.push_str(&format!(
+            "echo '@@LF-BEGIN {key}'\nif command -v {tool} >/dev/null 2>&1; then ( {cmd} ) </dev/null; echo \"@@LF-END {key} $?\"; else echo '@@LF-END {key} missing'; fi\n",
+            tool = crate::transport::sq(tool),
+        ));
+    }
+    s
+}
+
+pub fn parse_batch(out: &str) -> BTreeMap<String, RemoteOut> {
+    let mut m = BTreeMap::new();
+    let mut cur: Option<(String, String)> = None;
+    for line in out.split_inclusive('\n') {
+        let t = line.trim_end_matches('\n');
+        if let Some(k) = t.strip_prefix("@@LF-BEGIN ") {
+            cur = Some((k.to_string(), String::new()));
+        } else if let Some(rest) = t.strip_prefix("@@LF-END ") {
+            let mut it = rest.splitn(2, ' ');
+            let k = it.next().unwrap_or("").to_string();
+            let st = it.next().unwrap_or("").to_string();
+            let body = cur.take().map(|c| c.1).unwrap_or_default();
+            let r = match st.as_str() {
+                "0" => RemoteOut::Ok(body),
+                "missing" => RemoteOut::Missing(k.clone()),
+                _ => RemoteOut::Failed {
+                    status: st,
+                    output: body,
+                },
+            };
+            m.insert(k, r);
+        } else if let Some((_, b)) = cur.as_mut() {
+            b.push_str(line);
+        }
+    }
+    m
+}
+
+/// Everything the probes of one host produced.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub remote: BTreeMap<String, RemoteOut>,
+    /// Why remote probes could not run at all (login failed …).
+    pub remote_error: Option<String>,
+    pub kexinit: Option<Result<probe::KexInit, String>>,
+    pub auth: Option<Result<ssh::AuthProbe, String>>,
+    /// `Ok(())` when the pinned host key matched.
+    pub pinned: Option<Result<(), String>>,
+    pub tcp: BTreeMap<(String, u16), bool>,
+}
+
+pub struct Options {
+    pub ssh: SshOptions,
+    pub probe_timeout: Duration,
+}
+
+fn sockaddr(a: &str, p: u16) -> Option<SocketAddr> {
+    a.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, p))
+}
+
+/// Run the remote probes of `checks` over an existing transport.
+pub async fn remote_facts(
+    t: &dyn Transport,
+    checks: &[Check],
+) -> Result<BTreeMap<String, RemoteOut>, String> {
+    let mut probes: Vec<(String, String, String)> = Vec::new();
+    for c in checks.iter().filter(|c| c.not_applicable.is_none()) {
+        if let Probe::Remote { key, tool, command } = &c.probe {
+            if !probes.iter().any(|p| &p.0 == key) {
+                probes.push((key.clone(), tool.clone(), command.clone()));
+            }
+        }
+    }
+    if probes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let script = batch_script(&probes);
+    let cmd = t.privileged(&script);
+    match t.exec("verify", &cmd, None).await {
+        Ok(o) => {
+            let m = parse_batch(&o.stdout_str());
+            if m.is_empty() {
+                return Err(format!(
+                    "the probe script produced nothing ({})",
+                    crate::transport::failure_text(&o)
+                ));
+            }
+            Ok(m)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Run the probes that need no login (KEXINIT, auth methods, TCP) for `checks`.
+pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mut Facts) {
+    let active: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.not_applicable.is_none())
+        .collect();
+    let kex = active.iter().find_map(|c| match &c.probe {
+        Probe::Kexinit { address, port } => Some((address.clone(), *port)),
+        _ => None,
+    });
+    let auth = active.iter().find_map(|c| match &c.probe {
+        Probe::Auth {
+            address,
+            port,
+            user,
+        } => Some((address.clone(), *port, user.clone())),
+        _ => None,
+    });
+    let mut tcps: Vec<(String, u16)> = active
+        .iter()
+        .filter_map(|c| match &c.probe {
+            Probe::Tcp { address, port } => Some((address.clone(), *port)),
+            _ => None,
+        })
+        .collect();
+    tcps.sort();
+    tcps.dedup();
+    let kex_f = async {
+        match &kex {
+            Some((a, p)) => Some(match sockaddr(a, *p) {
+                Some(sa) => probe::kexinit(sa, opts.ssh.connect_timeout)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                None => Err(format!("`{a}` is not an address")),
+            }),
+            None => None,
+        }
+    };
+    let auth_f = async {
+        match &auth {
+            Some((a, p, u)) => Some(
+                tokio::time::timeout(
+                    opts.ssh.connect_timeout,
+                    ssh::auth_probe(name, a, *p, u, &opts.ssh),
+                )
+                .await
+                .map_err(|_| format!("auth probe timed out after {:?}", opts.ssh.connect_timeout))
+                .and_then(|r| r.map_err(|e| format!("{e:#}"))),
+            ),
+            None => None,
+        }
+    };
+    let tcp_f = futures_join(tcps.iter().map(|(a, p)| {
+        let a = a.clone();
+        let p = *p;
+        let to = opts.probe_timeout;
+        async move {
+            let open = match sockaddr(&a, p) {
+                Some(sa) => probe::tcp_open(sa, to).await,
+                None => false,
+            };
+            ((a, p), open)
+        }
+    }));
+    let (k, au, tc) = tokio::join!(kex_f, auth_f, tcp_f);
+    facts.kexinit = k;
+    facts.auth = au;
+    facts.tcp = tc.into_iter().collect();
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    it: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let hs: Vec<_> = it.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in hs {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Verify one host end to end over SSH.
+pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
+    let checks = checks::for_host(spec, h);
+    let mgmt = h
+        .management_address(spec)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let port = h.hardening.ssh_port;
+    let mut facts = Facts::default();
+    let remote = async {
+        match ssh::SshTransport::connect(&h.name, &mgmt, port, &opts.ssh).await {
+            Ok(t) => {
+                let r = remote_facts(&t, &checks).await;
+                t.close().await;
+                (Some(Ok(())), r)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let pinned = if msg.contains("HOST KEY MISMATCH") || msg.contains("is not in") {
+                    Some(Err(msg.clone()))
+                } else {
+                    None
+                };
+                (pinned, Err(format!("cannot log in: {msg}")))
+            }
+        }
+    };
+    let mut wire = Facts::default();
+    let ((pinned, r), ()) = tokio::join!(remote, wire_facts(&h.name, &checks, opts, &mut wire));
+    facts.kexinit = wire.kexinit;
+    facts.auth = wire.auth;
+    facts.tcp = wire.tcp;
+    facts.pinned = pinned;
+    match r {
+        Ok(m) => facts.remote = m,
+        Err(e) => facts.remote_error = Some(e),
+    }
+    judge(&h.name, &checks, &facts)
+}
+
+/// Judge every check from the facts.
+pub fn judge(host: &str, checks: &[Check], facts: &Facts) -> HostReport {
+    let results = checks
+        .iter()
+        .map(|c| {
+            let (status, detail) = match &c.not_applicable {
+                Some(why) => (Status::Skip, why.clone()),
+                None => eval::evaluate(c, facts),
+            };
+            CheckResult {
+                id: c.id.clone(),
+                title: c.title.clone(),
+                rule: c.rule.clone(),
+                status,
+                detail,
+                remediation: c.remediation.clone(),
+            }
+        })
+        .collect();
+    HostReport {
+        host: host.to_string(),
+        results,
+    }
+}
+
+/// 0 all pass (skips allowed), 1 findings, 2 a check could not be evaluated.
+pub fn exit_code(reports: &[HostReport]) -> i32 {
+    let any = |s| reports.iter().any(|r| r.count(s) > 0);
+    if any(Status::Error) {
+        2
+    } else if any(Status::Fail) {
+        1
+    } else {
+        0
+    }
+}
+
+pub fn human(reports: &[HostReport]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<14} {:<34} {:<6} DETAIL", "HOST", "CHECK", "STATUS");
+    for r in reports {
+        for c in &r.results {
+            let mut d = c.detail.replace('\n', " ");
+            if d.len() > 110 {
+                let mut cut = 110;
+                while !d.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                d.truncate(cut);
+                d.push('…');
+            }
+            let _ = writeln!(
+                o,
+                "{:<14} {:<34} {:<6} {}",
+                r.host,
+                c.id,
+                c.status.as_str(),
+                d
+            );
+            if c.status == Status::Fail {
+                let _ = writeln!(
+                    o,
+                    "{:<14} {:<34} {:<6} fix: {} ({})",
+                    "", "", "", c.remediation, c.rule
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:>5} {:>5} {:>5} {:>5}",
+        "SUMMARY", "pass", "fail", "error", "skip"
+    );
+    for r in reports {
+        let _ = writeln!(
+            o,
+            "{:<14} {:>5} {:>5} {:>5} {:>5}",
+            r.host,
+            r.count(Status::Pass),
+            r.count(Status::Fail),
+            r.count(Status::Error),
+            r.count(Status::Skip)
+        );
+    }
+    o
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// JUnit XML: one testsuite per host, one testcase per check.
+pub fn junit(reports: &[HostReport]) -> String {
+    let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let tot = |s| reports.iter().map(|r| r.count(s)).sum::<usize>();
+    let n: usize = reports.iter().map(|r| r.results.len()).sum();
+    o.push_str(&format!(
+        "<testsuites name=\"labforge verify\" tests=\"{n}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\">\n",
+        tot(Status::Fail),
+        tot(Status::Error),
+        tot(Status::Skip)
+    ));
+    for r in reports {
+        o.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\">\n",
+            xml_escape(&r.host),
+            r.results.len(),
+            r.count(Status::Fail),
+            r.count(Status::Error),
+            r.count(Status::Skip)
+        ));
+        for c in &r.results {
+            o.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{}\">",
+                xml_escape(&r.host),
+                xml_escape(&c.id)
+            ));
+            match c.status {
+                Status::Pass => {}
+                Status::Fail => o.push_str(&format!(
+                    "<failure message=\"{}\">{}\nfix: {} ({})</failure>",
+                    xml_escape(&c.title),
+                    xml_escape(&c.detail),
+                    xml_escape(&c.remediation),
+                    xml_escape(&c.rule)
+                )),
+                Status::Error => o.push_str(&format!(
+                    "<error message=\"{}\">{}</error>",
+                    xml_escape(&c.title),
+                    xml_escape(&c.detail)
+                )),
+                Status::Skip => {
+                    o.push_str(&format!("<skipped message=\"{}\"/>", xml_escape(&c.detail)))
+                }
+            }
+            o.push_str("</testcase>\n");
+        }
+        o.push_str("  </testsuite>\n");
+    }
+    o.push_str("</testsuites>\n");
+    o
+}

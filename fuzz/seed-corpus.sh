@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p corpus/spec_loader
 i=0
-for f in ../hosts/*.toml ../hosts/stacks/*.toml ../tests/bad-specs/*.toml; do
+for f in ../hosts/*.toml ../hosts/stacks/*.toml ../tests/fixtures/bad-specs/*.toml; do
   [ -f "$f" ] || continue
   cp "$f" "corpus/spec_loader/seed-$i"; i=$((i+1))
 done

@@ -1,4 +1,4 @@
-//! The bad-spec corpus: every case in tests/bad-specs/ has exactly one problem, marked on its line with
+//! The bad-spec corpus: every case in tests/fixtures/bad-specs/ has exactly one problem, marked on its line with
 //! `# expect RULE`. `labforge check` must exit 2 (no panic) and report that rule at that file:line:column.
 mod common;
 
@@ -30,7 +30,7 @@ fn expectations(dir: &Path) -> Vec<Expect> {
 }
 
 fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(common::repo().join("tests/bad-specs"))
+    let mut v: Vec<PathBuf> = std::fs::read_dir(common::repo().join("tests/fixtures/bad-specs"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -124,7 +124,7 @@ fn every_bad_spec_is_rejected_at_its_line_with_its_rule() {
 
 #[test]
 fn json_diagnostics_carry_location_rule_and_path() {
-    let case = common::repo().join("tests/bad-specs/address-outside-network.toml");
+    let case = common::repo().join("tests/fixtures/bad-specs/address-outside-network.toml");
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir(t.path().join("spec")).unwrap();
     std::fs::copy(&case, t.path().join("spec/site.toml")).unwrap();

@@ -226,9 +226,12 @@ pub fn run(
             set_mode(&path, a.mode())?;
             report.unchanged.push(rel.clone());
         } else {
-            write_atomic(&path, bytes, a.mode())?;
+            write_atomic_with(&path, bytes, a.mode(), false)?;
             report.written.push(rel.clone());
         }
+    }
+    if !report.written.is_empty() {
+        sync_filesystem(root)?;
     }
     if check {
         let planned: BTreeSet<&str> = artifacts.iter().map(|a| a.path.as_str()).collect();
@@ -295,6 +298,31 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// Write `bytes` to `path` through a temporary file in the same directory, fsync, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_with(path, bytes, mode, true)
+}
+
+/// Flush the file system holding `path` once (after many unsynced atomic writes).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("opening {} to sync it", path.display()))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs takes a valid open descriptor and has no memory effects.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("syncing the file system of {}", path.display()));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+/// [`write_atomic`]; with `durable = false` the per-file fsync is skipped (renders: the caller flushes the
+/// file system once at the end). The rename still makes every file appear whole or not at all.
+pub fn write_atomic_with(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
@@ -312,9 +340,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     }
     tmp.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    if durable {
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+    }
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into place {}", path.display()))?;

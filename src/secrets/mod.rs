@@ -50,7 +50,7 @@ impl Drop for Secret {
 
 /// An SSH host key pair from the store.
 pub struct HostKey {
-    /// OpenSSH private key (PEM-like `-----BEGIN OPENSSH PRIVATE KEY-----`).
+    /// OpenSSH private key (the PEM-like armoured `openssh-key-v1` format).
     pub private: Secret,
     /// `ssh-ed25519 AAAA… host`.
     pub public: String,

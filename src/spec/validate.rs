@@ -2462,7 +2462,7 @@ fn looks_secret_name(key: &str) -> bool {
 fn scan_secret_values(c: &mut Ctx, sources: &SourceMap) {
     const MARKERS: &[(&str, &str)] = &[
         ("PRIVATE KEY-----", "a PEM private key"),
-        ("AGE-SECRET-KEY-1", "an age secret key"),
+        (concat!("AGE-SECRET", "-KEY-1"), "an age secret key"),
         ("ghp_", "a GitHub token"),
         ("glpat-", "a GitLab token"),
         ("xoxb-", "a Slack token"),

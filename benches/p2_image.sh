@@ -36,7 +36,9 @@ p2_main() {
   printf 'P2 labforge image build, cold:    %6.2f s (base hashed)   ratio to peer = %.2f\n' "$cold" "$(echo "$cold / $peer" | bc -l)"
   printf 'P2 labforge image build, warm:    %6.2f s (base cached)   ratio to peer = %.2f (goal <= 1 s)\n' "$lf" "$(echo "$lf / $peer" | bc -l)"
   printf 'P2 cp --sparse=always + mcopy:    %6.2f s\n' "$peer"
-  printf 'P2 sha256 of 4 GiB alone (sha256sum of the base, for scale: the lower bound of any build that\n   records the whole image'"'"'s sha256): '
-  t0=$(now); sha256sum "$work/base.img" >/dev/null; t1=$(now); echo "$(echo "$t1 - $t0" | bc) s"
+  # For scale, the floor of any build that records the whole image's SHA-256: hashing 4 GiB once with
+  # OpenSSL's SHA-256 (SHA-NI where the CPU has it; coreutils sha256sum is a slower software hash).
+  t0=$(now); openssl dgst -sha256 "$work/base.img" >/dev/null; t1=$(now)
+  printf 'P2 openssl dgst -sha256 of the 4 GiB base (floor of one full SHA-256 pass): %6.2f s\n' "$(echo "$t1 - $t0" | bc)"
 }
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then p2_main; fi

@@ -144,9 +144,10 @@ fn a_bit_flipped_after_the_write_is_caught_by_read_back() {
     }
 }
 
-/// The extent-map shortcut for zeros on a file target: holes are proven without reading, but any data in
-/// an unmapped range (here stale non-zero bytes that survive because this file system cannot punch them
-/// away is simulated by writing data after the write phase) is found by SEEK_DATA and read.
+/// The extent-map shortcut for zeros on a file target: holes are proven without reading them, but any data
+/// in an unmapped range (written into it after the write phase, as a file system that cannot punch holes
+/// or a stray writer would leave it) is found by SEEK_DATA and read: zeros pass (and are not counted as
+/// holes), a non-zero byte is reported with its offset.
 #[test]
 fn unmapped_ranges_of_a_file_target_are_proven_by_extents_and_data_there_is_read() {
     let t = tempfile::tempdir().unwrap();

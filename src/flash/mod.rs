@@ -12,6 +12,10 @@
 //!    ranges against the block map's SHA-256, unmapped ranges must be all zeros;
 //! 6. only then write the first MiB, fsync, and read it back the same way.
 //!
+//! Steps 4 and 5 run as a thread pipeline ([`pipeline`]); on a regular-file target the read-back of each
+//! fsynced span overlaps later writes and holes are proven zero from the extent map; on a block device the
+//! read-back starts after the last write (see the module docs there for why).
+//!
 //! Why zero the unmapped ranges (unlike `bmaptool copy`, which skips them): the image says those bytes are
 //! zero, and on a reused disk they hold the previous contents — old file-system superblocks and their
 //! backups (btrfs at 64 MiB, ext4 backup groups), md/LVM metadata at partition ends, a backup GPT. blkid

@@ -111,7 +111,14 @@ fn a_bit_flipped_after_the_write_is_caught_by_read_back() {
     for (what, off) in [("mapped", MAPPED), ("unmapped", UNMAPPED)] {
         let target = t.path().join(format!("flip-{what}.raw"));
         let mut o = opts(&img, &target);
-        o.after_write = Some(Box::new(move |p: &Path| {
+        // Flip once, when the span holding `off` has been written and synced and is about to be read back
+        // (on a file target mapped spans are verified while later ones are still being written).
+        let mut flipped = false;
+        o.after_write = Some(Box::new(move |p: &Path, a: u64, b: u64| {
+            if flipped || off < a || off >= b {
+                return;
+            }
+            flipped = true;
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -137,6 +144,77 @@ fn a_bit_flipped_after_the_write_is_caught_by_read_back() {
     }
 }
 
+/// The extent-map shortcut for zeros on a file target: holes are proven without reading them, but any data
+/// in an unmapped range (written into it after the write phase, as a file system that cannot punch holes
+/// or a stray writer would leave it) is found by SEEK_DATA and read: zeros pass (and are not counted as
+/// holes), a non-zero byte is reported with its offset.
+#[test]
+fn unmapped_ranges_of_a_file_target_are_proven_by_extents_and_data_there_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    let img = image(t.path());
+    let size = std::fs::metadata(&img).unwrap().len();
+    let m = labforge::flash::load_bmap(&img, None).unwrap();
+    let unmapped: u64 = m
+        .unmapped()
+        .iter()
+        .map(|&(a, b)| b.saturating_sub(a.max(MIB)))
+        .sum();
+    assert!(unmapped > 64 * MIB, "the fixture should be mostly holes");
+
+    // Clean run: every unmapped byte after the first MiB is a hole on the target, proven from the extent map.
+    let target = t.path().join("holes.raw");
+    let rep = flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap();
+    assert_eq!(rep.verified, size);
+    assert_eq!(rep.holes_proven, unmapped, "{rep:?}");
+    run(Command::new("cmp").arg(&img).arg(&target));
+
+    // Zeros written as data (not holes) into an unmapped range: read back, found zero, still passes, and
+    // those bytes are not counted as holes.
+    let target = t.path().join("zero-data.raw");
+    let mut o = opts(&img, &target);
+    let mut done = false;
+    o.after_write = Some(Box::new(move |p: &Path, a: u64, b: u64| {
+        if done || UNMAPPED < a || UNMAPPED >= b {
+            return;
+        }
+        done = true;
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all_at(&vec![0u8; 8192], UNMAPPED - 4096).unwrap();
+        f.sync_all().unwrap();
+    }));
+    let rep = flash_with(o, &AtomicBool::new(false)).unwrap();
+    assert!(
+        rep.holes_proven <= unmapped - 8192,
+        "written zeros must be read, not assumed: {rep:?}"
+    );
+    run(Command::new("cmp").arg(&img).arg(&target));
+
+    // Non-zero data far into an unmapped range, at its very last byte before a mapped range or the end:
+    // caught with the exact offset.
+    let (ua, ub) = *m.unmapped().last().unwrap();
+    assert!(ub - ua > MIB);
+    let off = ub - 1;
+    let target = t.path().join("tail.raw");
+    let mut o = opts(&img, &target);
+    let mut done = false;
+    o.after_write = Some(Box::new(move |p: &Path, a: u64, b: u64| {
+        if done || off < a || off >= b {
+            return;
+        }
+        done = true;
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all_at(&[0x01], off).unwrap();
+        f.sync_all().unwrap();
+    }));
+    let e = flash_with(o, &AtomicBool::new(false)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("byte {off} should be zero")),
+        "{e}"
+    );
+    assert!(first_mib_is_zero(&target));
+}
+
 #[test]
 fn interruption_and_a_changed_image_leave_the_target_unbootable() {
     let t = tempfile::tempdir().unwrap();
@@ -146,7 +224,7 @@ fn interruption_and_a_changed_image_leave_the_target_unbootable() {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let mut o = opts(&img, &target);
     let s2 = stop.clone();
-    o.after_write = Some(Box::new(move |_| s2.store(true, Ordering::SeqCst)));
+    o.after_write = Some(Box::new(move |_, _, _| s2.store(true, Ordering::SeqCst)));
     let e = flash_with(o, &stop).unwrap_err();
     assert!(matches!(e, Error::Interrupted), "{e}");
     assert!(first_mib_is_zero(&target));

@@ -618,3 +618,103 @@ fn cli_image_build_for_an_example_lab_host_with_a_seed_dir() {
         stderr(&o)
     );
 }
+
+/// The verified-base cache (out/cache/verified-bases): a settled, unchanged base is confirmed without
+/// hashing and gives the same image; a changed file (even with its size and mtime put back) is hashed
+/// again; an entry cannot make a base pass a pin it does not match.
+#[test]
+fn verified_base_cache_confirms_only_the_unchanged_file_and_its_own_hash() {
+    use labforge::image::BaseCheck;
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let base = pi_base(t.path());
+    let sha = sha256sum(&base);
+    declare(
+        t.path(),
+        "pi",
+        &base,
+        "raw",
+        "aarch64",
+        "system-boot",
+        Some(&sha),
+    );
+    let out = t.path().join("out/iris.img");
+    // (A base changed within the last seconds is hashed and not cached: the unit test
+    // image::cache::tests::settled_needs_both_times_old_enough covers the rule without a clock.)
+    let settle = || {
+        std::thread::sleep(labforge::image::cache::SETTLE + std::time::Duration::from_millis(300))
+    };
+    settle();
+    let b1 = build(t.path(), "pi", "iris", &base, &out).unwrap();
+    assert_eq!(b1.base_check, BaseCheck::Hashed);
+    assert!(
+        t.path()
+            .join("out/cache/verified-bases")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    let b2 = build(t.path(), "pi", "iris", &base, &out).unwrap();
+    assert_eq!(b2.base_check, BaseCheck::Cached);
+    // Same image, byte for byte (sha256sum is the oracle), same manifest.
+    assert_eq!(b2.manifest, b1.manifest);
+    assert_eq!(sha256sum(&out), b1.manifest.image.sha256);
+    check_seed_files(&out, 2048 * 512, "iris");
+
+    // Change one byte, then put size and mtime back: the ctime still moved, so it is hashed and refused.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&base)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let off = 150 * MIB + 7;
+    let mut old = [0u8; 1];
+    f.read_at(&mut old, off).unwrap();
+    f.write_all_at(&[old[0] ^ 0xff], off).unwrap();
+    f.set_modified(mtime).unwrap();
+    f.sync_all().unwrap();
+    let e = build(t.path(), "pi", "iris", &base, &out).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("does not match its pinned sha256"),
+        "{e:#}"
+    );
+    // Put the byte back: it matches the pin again, and is hashed (the old entry no longer applies).
+    f.write_all_at(&old, off).unwrap();
+    f.set_modified(mtime).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(sha256sum(&base), sha);
+    assert_eq!(
+        build(t.path(), "pi", "iris", &base, &out)
+            .unwrap()
+            .base_check,
+        BaseCheck::Hashed
+    );
+
+    // An entry for this very file cannot make it pass another pin.
+    settle();
+    build(t.path(), "pi", "iris", &base, &out).unwrap();
+    assert_eq!(
+        build(t.path(), "pi", "iris", &base, &out)
+            .unwrap()
+            .base_check,
+        BaseCheck::Cached
+    );
+    let wrong = "ab".repeat(32);
+    declare(
+        t.path(),
+        "pi",
+        &base,
+        "raw",
+        "aarch64",
+        "system-boot",
+        Some(&wrong),
+    );
+    let e = build(t.path(), "pi", "iris", &base, &out).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("does not match its pinned sha256") && msg.contains(&sha),
+        "{msg}"
+    );
+}

@@ -12,17 +12,21 @@
 //!    ranges against the block map's SHA-256, unmapped ranges must be all zeros;
 //! 6. only then write the first MiB, fsync, and read it back the same way.
 //!
+//! Steps 4 and 5 run as a thread pipeline ([`pipeline`]); on a regular-file target the read-back of each
+//! fsynced span overlaps later writes and holes are proven zero from the extent map; on a block device the
+//! read-back starts after the last write (see the module docs there for why).
+//!
 //! Why zero the unmapped ranges (unlike `bmaptool copy`, which skips them): the image says those bytes are
 //! zero, and on a reused disk they hold the previous contents — old file-system superblocks and their
 //! backups (btrfs at 64 MiB, ext4 backup groups), md/LVM metadata at partition ends, a backup GPT. blkid
 //! and udev find those and mis-detect or auto-assemble them. Zeroing is cheap (hole punch / the device's
 //! write-zeroes) and lets the read-back prove the target equals the image byte for byte.
 
+mod pipeline;
 pub mod target;
 
 use crate::image::bmap::Bmap;
 use crate::io::{self as lio, AlignedBuf};
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -33,9 +37,6 @@ pub use target::Target;
 
 /// The first MiB: written last.
 pub const HEAD: u64 = 1 << 20;
-
-/// Write chunk: 4 MiB keeps the device busy with large O_DIRECT requests.
-const WCHUNK: usize = 4 << 20;
 
 #[derive(Debug)]
 pub enum Error {
@@ -64,7 +65,9 @@ impl std::fmt::Display for Error {
 }
 impl std::error::Error for Error {}
 
-type Hook<'a> = Box<dyn FnMut(&Path) + 'a>;
+/// Test hook: called with the target path and a byte span `[start, end)` that has been written and
+/// fsynced and is about to be read back (every byte after the first MiB is in some span; spans may repeat).
+pub type Hook<'a> = Box<dyn FnMut(&Path, u64, u64) + Send + 'a>;
 
 pub struct Options<'a> {
     pub image: PathBuf,
@@ -76,7 +79,7 @@ pub struct Options<'a> {
     /// Allow a regular file as the target.
     pub allow_file: bool,
     pub progress: bool,
-    /// Test hook, run after the write and fsync, before the read-back.
+    /// Test hook, run after a span is written and fsynced, before it is read back ([`Hook`]).
     pub after_write: Option<Hook<'a>>,
 }
 
@@ -87,6 +90,9 @@ pub struct Report {
     pub written: u64,
     pub zeroed: u64,
     pub verified: u64,
+    /// Of `verified`: unmapped bytes of a regular-file target proven zero by its extent map after the
+    /// final fsync (holes, `SEEK_DATA`/`SEEK_HOLE`) instead of being read; 0 on block devices.
+    pub holes_proven: u64,
     /// Read-back bypassed the page cache.
     pub direct: bool,
 }
@@ -226,150 +232,28 @@ pub fn flash_with(mut opts: Options, stop: &AtomicBool) -> Result<Report, Error>
             .map_err(|e| io("zeroing the end of the device", e))?;
     }
 
-    // 4. Mapped ranges, each checked against the block map as it streams from the image. Written with
-    //    O_DIRECT where the target allows it (no copy into the page cache, and nothing cached to fool the
-    //    read-back); a tail that is not 4 KiB aligned goes through the ordinary descriptor.
-    let direct_w = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(t.path())
-        .ok();
-    let mut head_buf = vec![0u8; head as usize];
-    let mut buf = AlignedBuf::new(WCHUNK);
-    let pb = lio::progress_bar(map.mapped_bytes(), "write", opts.progress);
-    let mut written = 0;
-    for r in &map.ranges {
-        let (s, e) = r.bytes(map.block_size, size);
-        let mut h = Sha256::new();
-        let mut o = s;
-        while o < e {
-            check()?;
-            let n = ((e - o) as usize).min(buf.len());
-            let got = lio::read_full_at(&src, &mut buf[..n], o)
-                .map_err(|e| failed(format!("reading image {}: {e}", opts.image.display())))?;
-            if got < n {
-                return Err(failed(format!(
-                    "image {} ended early at byte {}",
-                    opts.image.display(),
-                    o + got as u64
-                )));
-            }
-            h.update(&buf[..n]);
-            let mut from = 0usize;
-            if o < head {
-                let k = ((head - o) as usize).min(n);
-                head_buf[o as usize..o as usize + k].copy_from_slice(&buf[..k]);
-                from = k;
-            }
-            if from < n {
-                let at = o + from as u64;
-                let aligned = if direct_w.is_some() && at % 4096 == 0 {
-                    (n - from) / 4096 * 4096
-                } else {
-                    0
-                };
-                if let (Some(dw), true) = (&direct_w, aligned > 0) {
-                    dw.write_all_at(&buf[from..from + aligned], at)
-                        .map_err(|e| io("writing", e))?;
-                }
-                if from + aligned < n {
-                    dst.write_all_at(&buf[from + aligned..n], at + aligned as u64)
-                        .map_err(|e| io("writing", e))?;
-                }
-            }
-            o += n as u64;
-            written += n as u64;
-            pb.inc(n as u64);
-        }
-        let got = hex::encode(h.finalize());
-        if got != r.sha256 {
-            return Err(failed(format!(
-                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, read {got}; was it changed after it was built?",
-                opts.image.display(),
-                r.first,
-                r.last,
-                r.sha256
-            )));
-        }
-    }
-    pb.finish_and_clear();
-    check()?;
-    if let Some(dw) = &direct_w {
-        dw.sync_all().map_err(|e| io("fsync", e))?;
-    }
-    dst.sync_all().map_err(|e| io("fsync", e))?;
-    if let Some(hook) = opts.after_write.as_mut() {
-        hook(t.path());
-    }
-
-    // 5. Read back everything after the first MiB.
-    let (rb, direct) = open_readback(t.path()).map_err(|e| io("opening for read-back", e))?;
+    // 4 + 5. Write the mapped ranges and read them back, pipelined (see [`pipeline`]).
+    let overlap = !t.is_block();
+    let mut hook = opts.after_write.take();
+    let p = pipeline::run(pipeline::Job {
+        map: &map,
+        src: &src,
+        image: &opts.image,
+        dst: &dst,
+        target: &t,
+        head,
+        overlap,
+        stop,
+        progress: opts.progress,
+        hook: &mut hook,
+    })?;
+    let head_buf = p.head_buf;
+    let written = p.written;
+    let mut verified = p.verified;
+    let holes_proven = p.holes_proven;
+    let direct = p.direct;
+    let rb = p.rb;
     let mut abuf = AlignedBuf::new(lio::CHUNK);
-    let pb = lio::progress_bar(size, "verify", opts.progress);
-    let mut verified = 0;
-    let mut pos = head;
-    let mut ranges = map.ranges.iter().peekable();
-    while pos < size {
-        check()?;
-        // The next mapped range that ends after pos, and whether pos is inside it.
-        while ranges
-            .peek()
-            .map(|r| r.bytes(map.block_size, size).1 <= pos)
-            .unwrap_or(false)
-        {
-            ranges.next();
-        }
-        let next = ranges
-            .peek()
-            .map(|r| (r.bytes(map.block_size, size), &r.sha256));
-        match next {
-            Some(((s, e), sum)) if s <= pos || s < head => {
-                let mut h = Sha256::new();
-                if s < head {
-                    h.update(&head_buf[s as usize..head as usize]);
-                }
-                read_back(&rb, &mut abuf, pos, e, |d| {
-                    h.update(d);
-                    Ok(())
-                })
-                .map_err(|e| io("reading back", e))?;
-                let got = hex::encode(h.finalize());
-                if &got != sum {
-                    return Err(failed(format!(
-                        "read-back mismatch on {} in bytes {pos}..{e}: expected sha256 {sum}, the device returned {got} (bad medium or a write that did not stick)",
-                        t.describe()
-                    )));
-                }
-                verified += e - pos;
-                pb.inc(e - pos);
-                pos = e;
-            }
-            other => {
-                let end = other.map(|((s, _), _)| s).unwrap_or(size);
-                let mut off = pos;
-                read_back(&rb, &mut abuf, pos, end, |d| {
-                    if lio::is_zero(d) {
-                        off += d.len() as u64;
-                        return Ok(());
-                    }
-                    if let Some(i) = d.iter().position(|&b| b != 0) {
-                        return Err(std::io::Error::other(format!(
-                            "byte {} should be zero but reads 0x{:02x}",
-                            off + i as u64,
-                            d[i]
-                        )));
-                    }
-                    off += d.len() as u64;
-                    Ok(())
-                })
-                .map_err(|e| failed(format!("read-back mismatch on {}: {e}", t.describe())))?;
-                verified += end - pos;
-                pb.inc(end - pos);
-                pos = end;
-            }
-        }
-    }
-    pb.finish_and_clear();
 
     // 6. The first MiB, last.
     check()?;
@@ -401,6 +285,7 @@ pub fn flash_with(mut opts: Options, stop: &AtomicBool) -> Result<Report, Error>
         written,
         zeroed,
         verified,
+        holes_proven,
         direct,
     })
 }

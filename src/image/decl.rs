@@ -69,6 +69,10 @@ impl Loaded {
             ),
         }
     }
+    /// The repository root the declaration was loaded from (`<root>/images/<name>.toml`).
+    pub fn root(&self) -> Option<&Path> {
+        self.file.parent().and_then(Path::parent)
+    }
     /// The local file the base comes from (the download cache for URLs).
     pub fn local_path(&self, root: &Path) -> PathBuf {
         if is_url(&self.decl.source) {

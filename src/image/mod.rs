@@ -12,6 +12,7 @@
 //! 4. rename into place; write `<image>.bmap` and `<image>.manifest.json` (temp file + rename).
 
 pub mod bmap;
+pub mod cache;
 pub mod decl;
 pub mod fat;
 pub mod part;
@@ -104,8 +105,18 @@ pub struct BuildInput<'a> {
     pub progress: bool,
 }
 
+/// How the base was checked against its pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseCheck {
+    /// Hashed in this build.
+    Hashed,
+    /// Confirmed by the verified-base cache ([`cache`]): same file identity, same hash as the pin.
+    Cached,
+}
+
 #[derive(Debug)]
 pub struct Built {
+    pub base_check: BaseCheck,
     pub manifest: Manifest,
     pub image: PathBuf,
     pub bmap: PathBuf,
@@ -153,18 +164,79 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let out = tmp.as_file();
 
-    // 1. Base → output, hashing the base in the same pass.
-    let actual = match base.decl.format {
-        Format::Raw => {
-            if lio::reflink(&src, out).is_ok() {
-                hash_file(&src, inp.progress, "verify")?
-            } else {
-                sparse_copy(&src, out, inp.progress)?
-            }
+    // 1. Base → output, checked against the pin; 2. the seed; 3. one pass: image sha256 + block map.
+    //    Raw bases: a base the verified-base cache confirms is not hashed again; otherwise a base that has
+    //    settled (see `cache`) is hashed on a second thread while this one copies, edits and hashes the
+    //    result, and the result is kept only if the base matched. A base changed within the last seconds is
+    //    hashed as it is copied (one read, exactly the bytes verified) and not cached.
+    let edit = |out: &File| -> Result<(SeedRef, (String, u64, bmap::Bmap))> {
+        let mut magic = [0u8; 4];
+        lio::read_full_at(out, &mut magic, 0)?;
+        if &magic == b"QFI\xfb" {
+            bail!(
+                "base image {} is a qcow2 file, not a raw disk image: convert it (qemu-img convert -O raw) and pin the raw file's sha256",
+                inp.base_path.display()
+            );
         }
-        Format::Xz | Format::Zst => decompress(&src, out, base.decl.format, inp.progress)
-            .with_context(|| format!("decompressing {}", inp.base_path.display()))?,
+        let seed = inject(out, inp, &pinned).with_context(|| {
+            format!(
+                "writing the cloud-init seed into the image for {}",
+                inp.host
+            )
+        })?;
+        out.sync_all()?;
+        Ok((seed, finalize(out, inp.progress)?))
     };
+    let raw = base.decl.format == Format::Raw;
+    let key0 = if raw { cache::Key::of(&src).ok() } else { None };
+    let cache_dir = base.root().map(cache::dir);
+    let settled = key0
+        .as_ref()
+        .map(|k| k.settled(std::time::SystemTime::now()))
+        .unwrap_or(false);
+    let cached = match (&key0, &cache_dir) {
+        (Some(k), Some(d)) => cache::confirms(d, k, &pinned),
+        _ => false,
+    };
+    let copy = |out: &File| -> Result<()> {
+        if lio::reflink(&src, out).is_err() {
+            sparse_copy(&src, out, inp.progress, false)?;
+        }
+        Ok(())
+    };
+    let (actual, base_check, edited) = if cached {
+        let ed = copy(out).and_then(|_| edit(out));
+        (pinned.clone(), BaseCheck::Cached, ed)
+    } else if raw && settled {
+        std::thread::scope(|sc| {
+            let hasher = sc.spawn(|| hash_file(&src, false, "verify"));
+            let ed = copy(out).and_then(|_| edit(out));
+            let actual = hasher
+                .join()
+                .map_err(|_| anyhow::anyhow!("internal error: the base hashing thread panicked"))
+                .and_then(|r| r);
+            actual.map(|a| (a, BaseCheck::Hashed, ed))
+        })?
+    } else {
+        let actual = match base.decl.format {
+            Format::Raw => {
+                if lio::reflink(&src, out).is_ok() {
+                    hash_file(&src, inp.progress, "verify")?
+                } else {
+                    sparse_copy(&src, out, inp.progress, true)?.unwrap_or_default()
+                }
+            }
+            Format::Xz | Format::Zst => decompress(&src, out, base.decl.format, inp.progress)
+                .with_context(|| format!("decompressing {}", inp.base_path.display()))?,
+        };
+        let ed = if actual == pinned {
+            edit(out)
+        } else {
+            Err(anyhow::anyhow!("not edited"))
+        };
+        (actual, BaseCheck::Hashed, ed)
+    };
+    // The pin first: an edit error on a base that is not the declared one is reported as the mismatch.
     if actual != pinned {
         bail!(
             "base image {} does not match its pinned sha256 (from {}):\n  expected {pinned}\n  actual   {actual}\nThe file is damaged or not the declared release; nothing was written.",
@@ -172,26 +244,24 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
             base.file.display()
         );
     }
-    let mut magic = [0u8; 4];
-    lio::read_full_at(out, &mut magic, 0)?;
-    if &magic == b"QFI\xfb" {
-        bail!(
-            "base image {} is a qcow2 file, not a raw disk image: convert it (qemu-img convert -O raw) and pin the raw file's sha256",
-            inp.base_path.display()
-        );
+    let (seed, (sha, size, map)) = edited?;
+    if let Some(k0) = &key0 {
+        // The copy and the hash read the file separately (or not at all, when cached): it must be the
+        // same file, unchanged, from start to end.
+        let k1 = cache::Key::of(&src)?;
+        if &k1 != k0 {
+            bail!(
+                "base image {} changed while the image was being built (size, mtime or ctime differ); nothing was written, run again",
+                inp.base_path.display()
+            );
+        }
+        if base_check == BaseCheck::Hashed && settled {
+            if let Some(d) = &cache_dir {
+                // Best effort: a cache that cannot be written only costs a hash next time.
+                let _ = cache::record(d, k0, &actual, &inp.base_path);
+            }
+        }
     }
-
-    // 2. The seed.
-    let seed = inject(out, inp, &pinned).with_context(|| {
-        format!(
-            "writing the cloud-init seed into the image for {}",
-            inp.host
-        )
-    })?;
-    out.sync_all()?;
-
-    // 3. One pass: image sha256 + block map.
-    let (sha, size, map) = finalize(out, inp.progress)?;
     let xml = map.to_xml();
 
     // 4. Into place.
@@ -233,6 +303,7 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
     json.push(b'\n');
     crate::render::write_atomic(&mp, &json, 0o644)?;
     Ok(Built {
+        base_check,
         manifest,
         image: inp.out.clone(),
         bmap: bp,
@@ -282,15 +353,18 @@ pub fn hash_file(f: &File, progress: bool, msg: &str) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Copy `src` to `dst` leaving holes for holes and all-zero blocks; returns the SHA-256 of `src`.
-fn sparse_copy(src: &File, dst: &File, progress: bool) -> Result<String> {
+/// Copy `src` to `dst` leaving holes for holes and all-zero blocks; returns the SHA-256 of `src` when
+/// asked to hash it as it is copied.
+fn sparse_copy(src: &File, dst: &File, progress: bool, hash: bool) -> Result<Option<String>> {
     let size = src.metadata()?.len();
     let pb = lio::progress_bar(size, "copy", progress);
-    let mut h = Sha256::new();
+    let mut h = hash.then(Sha256::new);
     let mut buf = vec![0u8; lio::CHUNK];
     let mut pos = 0;
     for (a, b) in lio::data_extents(src)? {
-        lio::hash_zeros(&mut h, a - pos);
+        if let Some(h) = h.as_mut() {
+            lio::hash_zeros(h, a - pos);
+        }
         let mut o = a;
         while o < b {
             let n = ((b - o) as usize).min(buf.len());
@@ -298,17 +372,21 @@ fn sparse_copy(src: &File, dst: &File, progress: bool) -> Result<String> {
             if got < n {
                 bail!("the base image shrank while it was copied");
             }
-            h.update(&buf[..n]);
+            if let Some(h) = h.as_mut() {
+                h.update(&buf[..n]);
+            }
             lio::write_nonzero_at(dst, &buf[..n], o)?;
             o += n as u64;
         }
         pos = b;
         pb.set_position(pos);
     }
-    lio::hash_zeros(&mut h, size - pos);
+    if let Some(h) = h.as_mut() {
+        lio::hash_zeros(h, size - pos);
+    }
     dst.set_len(size)?;
     pb.finish_and_clear();
-    Ok(hex::encode(h.finalize()))
+    Ok(h.map(|h| hex::encode(h.finalize())))
 }
 
 /// Decompress `src` (xz or zstd) into `dst` as a sparse file; returns the SHA-256 of the compressed file.
@@ -473,45 +551,47 @@ pub fn finalize(f: &File, progress: bool) -> Result<(String, u64, bmap::Bmap)> {
             _ => blocks.push((first, last)),
         }
     }
-    let pb = lio::progress_bar(size, "hash", progress);
-    let mut full = Sha256::new();
-    let mut buf = vec![0u8; lio::CHUNK];
-    let mut pos = 0;
-    let mut ranges = Vec::with_capacity(blocks.len());
-    for (first, last) in blocks {
-        let (s, e) = (first * bs, ((last + 1) * bs).min(size));
-        lio::hash_zeros(&mut full, s - pos);
-        let mut rh = Sha256::new();
-        let mut o = s;
-        while o < e {
-            let n = ((e - o) as usize).min(buf.len());
-            let got = lio::read_full_at(f, &mut buf[..n], o)?;
-            if got < n {
-                bail!("the image shrank while it was hashed");
+    // Two threads: the whole image's SHA-256 (holes fed as zeros) on one, the block map's per-range
+    // SHA-256 on this one; both read the same file (from the page cache).
+    std::thread::scope(|sc| {
+        let full = sc.spawn(|| hash_file(f, false, "hash"));
+        let pb = lio::progress_bar(size, "hash", progress);
+        let mut buf = vec![0u8; lio::CHUNK];
+        let mut ranges = Vec::with_capacity(blocks.len());
+        for (first, last) in blocks {
+            let (s, e) = (first * bs, ((last + 1) * bs).min(size));
+            let mut rh = Sha256::new();
+            let mut o = s;
+            while o < e {
+                let n = ((e - o) as usize).min(buf.len());
+                let got = lio::read_full_at(f, &mut buf[..n], o)?;
+                if got < n {
+                    bail!("the image shrank while it was hashed");
+                }
+                rh.update(&buf[..n]);
+                o += n as u64;
+                pb.set_position(o);
             }
-            full.update(&buf[..n]);
-            rh.update(&buf[..n]);
-            o += n as u64;
-            pb.set_position(o);
+            ranges.push(bmap::Range {
+                first,
+                last,
+                sha256: hex::encode(rh.finalize()),
+            });
         }
-        ranges.push(bmap::Range {
-            first,
-            last,
-            sha256: hex::encode(rh.finalize()),
-        });
-        pos = e;
-    }
-    lio::hash_zeros(&mut full, size - pos);
-    pb.finish_and_clear();
-    Ok((
-        hex::encode(full.finalize()),
-        size,
-        bmap::Bmap {
-            image_size: size,
-            block_size: bs,
-            ranges,
-        },
-    ))
+        pb.finish_and_clear();
+        let full = full
+            .join()
+            .map_err(|_| anyhow::anyhow!("internal error: the hashing thread panicked"))??;
+        Ok((
+            full,
+            size,
+            bmap::Bmap {
+                image_size: size,
+                block_size: bs,
+                ranges,
+            },
+        ))
+    })
 }
 
 /// The host's cloud-init seed, rendered fresh from the spec by the cloud-init backend into a private

@@ -109,6 +109,6 @@ in
       '') others
     )}
     with subtest("labforge verify"):
-        verifier.succeed("cd /tmp/lab && labforge --spec hosts verify ${host}")
+        verifier.succeed("cd /tmp/lab && labforge --spec hosts verify --identity /root/.ssh/id_ed25519 ${host}")
   '';
 }

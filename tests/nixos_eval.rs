@@ -665,7 +665,7 @@ in {{
     assert_eq!(strs(&v["vmNodes"]), ["target", "verifier"]);
     let script = v["vmScript"].as_str().unwrap();
     assert!(
-        script.contains("labforge --spec hosts verify atlas"),
+        script.contains("labforge --spec hosts verify --identity /root/.ssh/id_ed25519 atlas"),
         "{script}"
     );
     assert!(script.contains("nc -z -w 3 10.50.0.20 22"), "{script}");

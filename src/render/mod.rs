@@ -233,6 +233,9 @@ pub fn run(
     if !report.written.is_empty() {
         sync_filesystem(root)?;
     }
+    if let Some(store) = ctx.store {
+        store.sync()?;
+    }
     if check {
         let planned: BTreeSet<&str> = artifacts.iter().map(|a| a.path.as_str()).collect();
         for b in backends() {

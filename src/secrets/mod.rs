@@ -67,6 +67,8 @@ pub fn default_identity_path() -> Option<PathBuf> {
 }
 
 pub struct Store {
+    /// Set when a value was generated and written without fsync (see [`Store::sync`]).
+    generated: std::sync::atomic::AtomicBool,
     dir: PathBuf,
     identity: Option<age::x25519::Identity>,
     recipients: Vec<age::x25519::Recipient>,
@@ -94,10 +96,23 @@ impl Store {
             }
         }
         Ok(Store {
+            generated: std::sync::atomic::AtomicBool::new(false),
             dir: root.join("secrets"),
             identity,
             recipients,
         })
+    }
+
+    /// Make generated values durable: one file-system flush for everything generated since the last one.
+    pub fn sync(&self) -> Result<()> {
+        if self
+            .generated
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+            && self.dir.exists()
+        {
+            crate::render::sync_filesystem(&self.dir)?;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -159,7 +174,14 @@ impl Store {
         Ok(Some(Secret(out)))
     }
 
+    /// Encrypt and store a value durably (fsync before rename).
     pub fn put(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.put_with(name, value, true)
+    }
+
+    /// [`Self::put`]; `durable = false` skips the per-file fsync for values generated during a render, which
+    /// flushes the file system once before it returns (`render::run`).
+    fn put_with(&self, name: &str, value: &[u8], durable: bool) -> Result<()> {
         self.need_identity()?;
         let path = self.file(name)?;
         let enc = age::Encryptor::with_recipients(
@@ -174,7 +196,7 @@ impl Store {
             w.write_all(value)?;
             w.finish()?.finish()?;
         }
-        crate::render::write_atomic(&path, &ct, 0o600)
+        crate::render::write_atomic_with(&path, &ct, 0o600, durable)
     }
 
     /// The stored value, or a freshly generated one that is stored first.
@@ -187,7 +209,9 @@ impl Store {
             return Ok(v);
         }
         let v = generate()?;
-        self.put(name, &v)?;
+        self.put_with(name, &v, false)?;
+        self.generated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Secret(v))
     }
 
@@ -213,7 +237,14 @@ impl Store {
             .map_err(|e| anyhow!("encoding a public key: {e}"))?;
         let pub_path = self.dir.join(format!("{name}.pub"));
         if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(&format!("{public}\n")) {
-            crate::render::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644)?;
+            crate::render::write_atomic_with(
+                &pub_path,
+                format!("{public}\n").as_bytes(),
+                0o644,
+                false,
+            )?;
+            self.generated
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(HostKey { private, public })
     }

@@ -74,6 +74,7 @@ impl Backend for CloudInit {
         let spec = ctx.spec;
         let want: BTreeSet<&str> = artifacts.iter().map(|a| a.path.as_str()).collect();
         let mut out = Vec::new();
+        let dirs = stack_dirs_of(spec);
         for h in spec.hosts.values().filter(|h| h.os.uses_cloud_init()) {
             let d = seed_dir(&h.name);
             let seed_paths = [
@@ -94,9 +95,16 @@ impl Backend for CloudInit {
                     anyhow!("internal error: sensitive cloud-init seed requested without a secrets store")
                 })?;
                 let key = store.ssh_host_key(&h.name)?;
-                let seed =
-                    render_seed(spec, h, &sshd, &nft, key.private.expose_str()?, &key.public)
-                        .with_context(|| format!("host `{}`", h.name))?;
+                let seed = render_seed(
+                    spec,
+                    h,
+                    &sshd,
+                    &nft,
+                    key.private.expose_str()?,
+                    &key.public,
+                    &dirs,
+                )
+                .with_context(|| format!("host `{}`", h.name))?;
                 out.push((seed_paths[0].clone(), seed.user_data.into_bytes()));
                 out.push((seed_paths[1].clone(), seed.meta_data.into_bytes()));
                 out.push((seed_paths[2].clone(), seed.network_config.into_bytes()));
@@ -119,6 +127,16 @@ pub struct Seed {
     pub network_config: String,
 }
 
+/// Every stack's directories (computed once per render, not once per host).
+pub type StackDirs = std::collections::BTreeMap<String, Vec<compose::StackDir>>;
+
+pub fn stack_dirs_of(spec: &Spec) -> StackDirs {
+    spec.stacks
+        .values()
+        .map(|st| (st.name.clone(), compose::stack_dirs(spec, st)))
+        .collect()
+}
+
 /// Render a host's seed from the given sshd drop-in, nftables ruleset and SSH host key pair.
 pub fn render_seed(
     spec: &Spec,
@@ -127,9 +145,19 @@ pub fn render_seed(
     nft: &str,
     host_private_key: &str,
     host_public_key: &str,
+    dirs: &StackDirs,
 ) -> Result<Seed> {
     let sources = compose::host_sources(spec, &h.name);
-    let redacted = user_data(spec, h, &sources, sshd, nft, REDACTED, host_public_key)?;
+    let redacted = user_data(
+        spec,
+        h,
+        &sources,
+        sshd,
+        nft,
+        REDACTED,
+        host_public_key,
+        dirs,
+    )?;
     let user_data = user_data(
         spec,
         h,
@@ -138,6 +166,7 @@ pub fn render_seed(
         nft,
         host_private_key,
         host_public_key,
+        dirs,
     )?;
     let iid = instance_id(&h.name, &redacted);
     let meta_data = format!(
@@ -559,6 +588,7 @@ fn mount_server(spec: &Spec, h: &Host, m: &Mount) -> Result<IpAddr> {
         })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn user_data(
     spec: &Spec,
     h: &Host,
@@ -567,6 +597,7 @@ fn user_data(
     nft: &str,
     host_private_key: &str,
     host_public_key: &str,
+    dirs: &StackDirs,
 ) -> Result<String> {
     let mut users = Vec::new();
     for name in admin_names(spec, h) {
@@ -706,14 +737,16 @@ fn user_data(
             .stacks
             .get(sname)
             .ok_or_else(|| anyhow!("internal error: stack `{sname}` is not in the spec"))?;
-        let sd = compose::stack_dirs(spec, st)
+        let sd = dirs
+            .get(sname)
             .into_iter()
+            .flatten()
             .find(|sd| sd.hosts.contains(&h.name))
             .ok_or_else(|| {
                 anyhow!("internal error: stack `{sname}` has no directory for this host")
             })?;
         let dest = format!("{STACKS_ON_HOST}/{sname}");
-        for (rel, bytes) in compose::render_dir_for(spec, st, &sd, Some(&h.name))? {
+        for (rel, bytes) in compose::render_dir_for(spec, st, sd, Some(&h.name))? {
             if rel.starts_with("hosts/") && rel != format!("hosts/{}.env", h.name) {
                 continue;
             }

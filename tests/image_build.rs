@@ -71,11 +71,18 @@ fn pi_image_gets_seed_in_system_boot() {
     assert_eq!(m.base.as_ref().unwrap().sha256, base_sha);
     assert_eq!(m.image.sha256, sha256sum(&out));
     assert_eq!(m.image.size, std::fs::metadata(&out).unwrap().len());
-    assert_eq!(m.seed.partition, 1);
-    assert!(!m.seed.partition_added);
-    let names: Vec<&str> = m.seed.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(m.seed.as_ref().unwrap().partition, 1);
+    assert!(!m.seed.as_ref().unwrap().partition_added);
+    let names: Vec<&str> = m
+        .seed
+        .as_ref()
+        .unwrap()
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(names, ["meta-data", "network-config", "user-data"]);
-    for f in &m.seed.files {
+    for f in &m.seed.as_ref().unwrap().files {
         let want = seed_for("iris")
             .into_iter()
             .find(|(n, _)| *n == f.name)

@@ -82,6 +82,17 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             );
         }
     };
+    let keep = |guest: &mut Option<rebuild::qemu::Guest>| {
+        if *keep_running {
+            if let Some(g) = guest.take() {
+                let (pid, port, console) = g.detach();
+                eprintln!(
+                    "[{host}] VM left running: pid {pid}, SSH at {port}, console log {}",
+                    console.display()
+                );
+            }
+        }
+    };
     let finish = |rep: &Report| -> Result<Exit> {
         if json.json {
             super::commands::print_json(rep)?;
@@ -245,6 +256,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         Err(e) => {
             rep.push("ssh", t, false, format!("{e:#}"));
             say(&rep);
+            keep(&mut guest);
             return finish(&rep);
         }
     }
@@ -292,6 +304,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
     rep.push("deploy", t, ok, detail);
     say(&rep);
     if !ok {
+        keep(&mut guest);
         return finish(&rep);
     }
     let t = Instant::now();
@@ -322,16 +335,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         ),
     );
     say(&rep);
-    if *keep_running {
-        if let Some(g) = guest.take() {
-            let (pid, port, console) = g.detach();
-            eprintln!(
-                "[{host}] VM left running: pid {pid}, SSH at {port} (use --connect-via {addr}:{p}={port}), console log {}",
-                console.display(),
-                p = port.port()
-            );
-        }
-    }
+    keep(&mut guest);
     drop(guest);
     finish(&rep)
 }

@@ -33,6 +33,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "initramfs-tools",
     "e2fsprogs",
     "nftables",
+    // cloud-init's timezone module needs the zone files (the seed sets site.timezone).
+    "tzdata",
 ];
 
 /// What `build` needs; the CLI fills it from the spec and plan.

@@ -74,7 +74,10 @@ pub fn build_from_source(
                 packages: &h.packages,
                 seed,
                 out: o.out.clone().unwrap_or_else(|| root.join(output)),
-                cache: root.join("out/cache"),
+                // `LABFORGE_CACHE` shares the root file system cache between checkouts (CI, tests).
+                cache: std::env::var_os("LABFORGE_CACHE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| root.join("out/cache")),
                 progress: o.progress,
             };
             let (built, cached) = crate::image::debian::build(&inp)?;

@@ -155,7 +155,6 @@ pub fn skip_unreachable_probes(checks: &mut [Check], opts: &SshOptions) {
     }
 }
 
-#[allow(dead_code)]
 fn sockaddr(a: &str, p: u16) -> Option<SocketAddr> {
     a.parse::<std::net::IpAddr>()
         .ok()

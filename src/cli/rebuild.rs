@@ -114,7 +114,22 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         crate::plan::ImagePlan::NixBuild { .. } => Vec::new(),
         _ => crate::image::host_seed(&spec, &root, host)?,
     };
-    let reuse = !rebuild_image && rebuild::reusable(&output, &spec.revision, &seed)?;
+    // Nix caches its own builds (a rebuild of an unchanged flake is a lookup): NixOS images are always
+    // built. Debian images are reused only if the root file system recipe is the same too.
+    let key = match &hp.image {
+        crate::plan::ImagePlan::Mmdebstrap { suite, .. } => {
+            Some(crate::image::debian::Recipe::new(suite, h.arch, h.board, &h.packages)?.key())
+        }
+        _ => None,
+    };
+    let reuse = !rebuild_image
+        && !matches!(hp.image, crate::plan::ImagePlan::NixBuild { .. })
+        && rebuild::reusable(
+            &output,
+            &spec.revision,
+            &seed,
+            key.as_deref().map(|k| ("cache-key", k)),
+        )?;
     let built = if reuse {
         Ok(format!(
             "reused {} (manifest matches spec revision and seed, sha256 checked)",

@@ -35,6 +35,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "nftables",
     // cloud-init's timezone module needs the zone files (the seed sets site.timezone).
     "tzdata",
+    // /etc/protocols and /etc/services: nft resolves `ipv6-icmp` through them (the firewall step fails without).
+    "netbase",
+    // systemctl/hostnamectl/timedatectl for non-root callers and cloud-init's modules talk over D-Bus.
+    "dbus",
 ];
 
 /// What `build` needs; the CLI fills it from the spec and plan.

@@ -48,7 +48,7 @@ pub fn would_lose(spec: &Spec, h: &Host) -> Vec<String> {
             (Some(_), _) => {}
             (None, Some(d)) if d.disposable => {}
             (None, Some(d)) => out.push(format!(
-                "persistent path {p} is on disk `{}` ({}), which is not marked disposable: its contents would not survive a rebuild",
+                "persistent path {p} is on disk `{}` ({}), which is neither a remote mount nor marked disposable: labforge cannot show that its contents survive a rebuild",
                 d.name, d.device
             )),
             (None, None) => out.push(format!(
@@ -151,9 +151,15 @@ pub async fn wait_first_boot(t: &SshTransport) -> Result<String> {
     Ok(o.stdout_str().trim().to_string())
 }
 
-/// Image reuse: the manifest beside `image` records the same spec revision and seed (file hashes) and the
-/// image file still hashes to the manifest's sha256.
-pub fn reusable(image: &Path, spec_revision: &str, seed: &[(String, Vec<u8>)]) -> Result<bool> {
+/// Image reuse: the manifest beside `image` records the same spec revision, seed (file hashes) and build
+/// input (`key`: e.g. the root file system recipe's cache key), and the image file still hashes to the
+/// manifest's sha256.
+pub fn reusable(
+    image: &Path,
+    spec_revision: &str,
+    seed: &[(String, Vec<u8>)],
+    build_key: Option<(&str, &str)>,
+) -> Result<bool> {
     let mp = crate::image::manifest_path(image);
     let Ok(text) = std::fs::read(&mp) else {
         return Ok(false);
@@ -168,6 +174,16 @@ pub fn reusable(image: &Path, spec_revision: &str, seed: &[(String, Vec<u8>)]) -
     let want = crate::image::seed_files(seed);
     if m.seed.as_ref().map(|s| &s.files) != Some(&want) && !(seed.is_empty() && m.seed.is_none()) {
         return Ok(false);
+    }
+    if let Some((k, v)) = build_key {
+        if m.build
+            .as_ref()
+            .and_then(|b| b.inputs.get(k))
+            .map(String::as_str)
+            != Some(v)
+        {
+            return Ok(false);
+        }
     }
     let Ok(f) = std::fs::File::open(image) else {
         return Ok(false);

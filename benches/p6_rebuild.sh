@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1}
-cargo build -q
-bin=$PWD/target/debug/labforge
+cargo build --release -q
+bin=$PWD/target/release/labforge
 export LABFORGE_CACHE=$PWD/target/labforge-cache
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -189,7 +189,7 @@ fn check_image(img: &Path) {
         "openssh-server",
         "cloud-init",
         "linux-image-amd64",
-        "nfs-common",
+        "netbase",
         "htop",
     ] {
         assert!(
@@ -325,6 +325,23 @@ fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
             .unwrap();
         assert!(o.ok());
         t.close().await;
+        // sshd re-executes on reload (seconds under TCG): wait until it accepts logins again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match labforge::transport::ssh::SshTransport::connect("vulcan", "10.99.0.70", 22, &opts)
+                .await
+            {
+                Ok(t) => {
+                    t.close().await;
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("waiting for sshd after reload: {e:#}");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => panic!("sshd did not come back after reload: {e:#}"),
+            }
+        }
     });
     let o = ssh(&["verify", "vulcan", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}\n{}", stdout(&o), stderr(&o));

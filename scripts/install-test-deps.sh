@@ -13,6 +13,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Image builds and the QEMU end-to-end test (issue 8): mmdebstrap, systemd-boot's EFI stub, OVMF/AAVMF firmware,
+# qemu-system-* (from bookworm-backports, like the preinstalled qemu-utils, so the two match). The backports source
+# reuses the mirror of the system's own Debian source (no host name is written here).
+img_pkgs=(mmdebstrap systemd-boot-efi ovmf qemu-efi-aarch64 arch-test e2fsprogs dosfstools mtools)
+bpo_pkgs=(qemu-system-x86 qemu-system-arm)
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || { echo "no Debian mirror found in /etc/apt to add bookworm-backports" >&2; exit 1; }
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" > /etc/apt/sources.list.d/labforge-backports.sources
+  need_update=1
+fi
+missing=()
+for p in "${img_pkgs[@]}" "${bpo_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ] || [ -n "${need_update:-}" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${img_pkgs[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports "${bpo_pkgs[@]}" >/dev/null
+fi
 # Python tools in a venv (never the system site-packages).
 venv="$here/.venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod image;
 pub mod io;
 pub mod plan;
+pub mod rebuild;
 pub mod render;
 pub mod secrets;
 pub mod spec;

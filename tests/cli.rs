@@ -7,7 +7,7 @@ use common::{labforge, labforge_env, stderr, stdout};
 fn check_on_the_example_lab_exits_0() {
     let o = labforge(&common::repo(), &["check"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("ok: 11 hosts"), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("ok: 12 hosts"), "{}", stdout(&o));
 }
 
 #[test]
@@ -91,7 +91,8 @@ fn plan_json_covers_every_host_and_is_deterministic() {
             "hestia",
             "iris",
             "platform",
-            "prometheus"
+            "prometheus",
+            "vulcan"
         ]
     );
     assert!(
@@ -285,16 +286,24 @@ fn gates_are_pending_and_cannot_be_confirmed_without_a_person() {
 }
 
 #[test]
-#[allow(clippy::single_element_loop)] // the list shrinks as commands land
-fn not_yet_implemented_commands_say_so_with_exit_2() {
-    for cmd in ["rebuild"] {
-        let o = labforge(&common::repo(), &[cmd, "prometheus"]);
-        assert_eq!(o.status.code(), Some(2), "{cmd}");
-        assert!(
-            stderr(&o).contains("not yet implemented"),
-            "{cmd}: {}",
-            stderr(&o)
-        );
-        assert!(o.stdout.is_empty(), "{cmd} must print no fake output");
-    }
+fn rebuild_refuses_hosts_whose_data_would_be_lost_with_exit_2() {
+    // Not disposable, and a persistent path on a local disk that is not disposable: both are listed.
+    let o = labforge(&common::repo(), &["rebuild", "atlas", "--boot", "qemu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("refusing to rebuild `atlas`"), "{e}");
+    assert!(e.contains("host `atlas` is not disposable"), "{e}");
+    assert!(
+        e.contains("persistent path /export is on disk `tank`"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "a refusal prints no phase table");
+    // A disposable host still needs a destination.
+    let o = labforge(&common::repo(), &["rebuild", "vulcan"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--flash DEV"), "{}", stderr(&o));
+    // Talos nodes are not rebuilt over SSH.
+    let o = labforge(&common::repo(), &["rebuild", "domum-w1", "--boot", "qemu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("talosctl"), "{}", stderr(&o));
 }

@@ -147,6 +147,7 @@ fn helper_deploy_nixos() {
             trust_on_first_use: false,
             connect_timeout: std::time::Duration::from_secs(5),
             command_timeout: std::time::Duration::from_secs(60),
+            connect_via: Default::default(),
         },
         tofu: vec![],
         probe_timeout: std::time::Duration::from_secs(2),

@@ -241,6 +241,7 @@ fn helper_upload() {
         trust_on_first_use: false,
         connect_timeout: std::time::Duration::from_secs(10),
         command_timeout: std::time::Duration::from_secs(30),
+        connect_via: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt.block_on(async {

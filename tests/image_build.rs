@@ -68,14 +68,21 @@ fn pi_image_gets_seed_in_system_boot() {
     // Manifest: what sha256sum says, what was injected.
     let m = &b.manifest;
     assert_eq!(m.host, "iris");
-    assert_eq!(m.base.sha256, base_sha);
+    assert_eq!(m.base.as_ref().unwrap().sha256, base_sha);
     assert_eq!(m.image.sha256, sha256sum(&out));
     assert_eq!(m.image.size, std::fs::metadata(&out).unwrap().len());
-    assert_eq!(m.seed.partition, 1);
-    assert!(!m.seed.partition_added);
-    let names: Vec<&str> = m.seed.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(m.seed.as_ref().unwrap().partition, 1);
+    assert!(!m.seed.as_ref().unwrap().partition_added);
+    let names: Vec<&str> = m
+        .seed
+        .as_ref()
+        .unwrap()
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(names, ["meta-data", "network-config", "user-data"]);
-    for f in &m.seed.files {
+    for f in &m.seed.as_ref().unwrap().files {
         let want = seed_for("iris")
             .into_iter()
             .find(|(n, _)| *n == f.name)
@@ -122,8 +129,8 @@ fn gpt_image_gets_a_cidata_partition_in_free_space() {
     );
     let out = t.path().join("platform.img");
     let b = build(t.path(), "x86", "platform", &base, &out).unwrap();
-    assert_eq!(b.manifest.seed.grew_from, None);
-    assert!(b.manifest.seed.partition_added);
+    assert_eq!(b.manifest.seed.as_ref().unwrap().grew_from, None);
+    assert!(b.manifest.seed.as_ref().unwrap().partition_added);
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 64 * MIB);
 
     sfdisk_verify(&out);
@@ -172,7 +179,7 @@ fn full_gpt_image_grows_and_moves_the_backup_header() {
     );
     let out = t.path().join("grown.img");
     let b = build(t.path(), "x86", "prometheus", &base, &out).unwrap();
-    assert_eq!(b.manifest.seed.grew_from, Some(64 * MIB));
+    assert_eq!(b.manifest.seed.as_ref().unwrap().grew_from, Some(64 * MIB));
     let size = std::fs::metadata(&out).unwrap().len();
     assert!(size > 64 * MIB && size % MIB == 0, "{size}");
     assert_eq!(b.manifest.image.size, size);
@@ -218,8 +225,8 @@ fn existing_cidata_is_rewritten_in_place() {
     );
     let out = t.path().join("h.img");
     let b = build(t.path(), "x86", "hermes", &base, &out).unwrap();
-    assert!(!b.manifest.seed.partition_added);
-    assert_eq!(b.manifest.seed.partition, 3);
+    assert!(!b.manifest.seed.as_ref().unwrap().partition_added);
+    assert_eq!(b.manifest.seed.as_ref().unwrap().partition, 3);
     assert_eq!(table_shape(&out), table_shape(&base));
     check_seed_files(&out, 40960 * 512, "hermes");
     fsck_fat(&out, 40960, 8192);
@@ -253,7 +260,7 @@ fn xz_and_zstd_bases_give_the_same_image_as_raw() {
     );
     let got = build(t.path(), "xz", "iris", &xz, &t.path().join("x.img")).unwrap();
     assert_eq!(got.manifest.image.sha256, want.manifest.image.sha256);
-    assert_eq!(got.manifest.base.sha256, sha256sum(&xz));
+    assert_eq!(got.manifest.base.as_ref().unwrap().sha256, sha256sum(&xz));
 
     run(Command::new("zstd").args(["-q", "-3"]).arg(&base));
     let zst = base.with_extension("img.zst");

@@ -30,7 +30,7 @@ pub(super) fn load_valid(cli: &Cli) -> Result<std::result::Result<spec::Spec, Ex
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -183,18 +183,8 @@ pub fn dispatch(cli: Cli) -> Result<Exit> {
             json,
         } => flash_cmd(image, to, *yes, *allow_file, bmap.as_deref(), json.json),
         Command::Deploy { .. } | Command::Verify { .. } => super::remote::run(&cli),
-        _ => not_yet(&cli),
+        Command::Rebuild { .. } => super::rebuild::run(&cli),
     }
-}
-
-fn not_yet(cli: &Cli) -> Result<Exit> {
-    let name = format!("{:?}", cli.command)
-        .split([' ', '{'])
-        .next()
-        .unwrap_or("")
-        .to_lowercase();
-    eprintln!("labforge {name}: not yet implemented (see the open issues)");
-    Ok(Exit::Input)
 }
 
 /// The repository root: the spec directory's parent.
@@ -481,6 +471,8 @@ fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
         base,
         out,
         seed_dir,
+        builders,
+        flake,
         json,
     } = action;
     let spec = match load_valid(cli)? {
@@ -497,6 +489,34 @@ fn image_cmd(cli: &Cli, action: &super::ImageAction) -> Result<Exit> {
     let root = repo_root(&cli.spec);
     let plan = crate::plan::plan(&spec, &sel);
     let hp = &plan.hosts[0];
+    if base.is_none() {
+        let o = crate::rebuild::image::Options {
+            out: out.clone(),
+            seed_dir: seed_dir.clone(),
+            builders: builders.clone(),
+            flake: flake.clone(),
+            progress: true,
+        };
+        if let Some(done) =
+            crate::rebuild::image::build_from_source(&spec, &root, host, &hp.image, &o)?
+        {
+            let built = done.built;
+            if json.json {
+                print_json(&built.manifest)?;
+            } else {
+                println!(
+                    "built {} ({}, sha256 {}) by {}\n  block map {}\n  manifest  {}",
+                    built.image.display(),
+                    crate::io::human(built.manifest.image.size),
+                    built.manifest.image.sha256,
+                    done.how,
+                    built.bmap.display(),
+                    built.manifest_path.display()
+                );
+            }
+            return Ok(Exit::Ok);
+        }
+    }
     let (base_name, seed_in, output) = match &hp.image {
         crate::plan::ImagePlan::BasePlusSeed {
             base: Some(b),

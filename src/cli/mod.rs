@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive). `main.rs` only calls [`run`].
 
 mod commands;
+mod rebuild;
 mod remote;
 
 use clap::{Args, Parser, Subcommand};
@@ -153,10 +154,43 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Rebuild a disposable host from nothing: image, boot, deploy, verify.
+    /// Rebuild a disposable host from nothing: image, write or boot it, wait for SSH (pinned key), deploy, verify.
+    #[command(
+        after_help = "Refused (exit 2) unless the host is disposable and every persistent path is on a remote mount or a\ndisposable disk. Exactly one of --flash DEV or --boot qemu. Exit 0 when every phase passed, 1 when one failed."
+    )]
     Rebuild {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        host: String,
+        /// Write the image to this whole disk (as `labforge flash --to DEV`), then wait for the host to boot.
+        #[arg(long, value_name = "DEV", conflicts_with = "boot")]
+        flash: Option<PathBuf>,
+        /// Boot the image in a VM instead (`qemu`: TCG, OVMF, restricted user networking, SSH forwarded to loopback).
+        #[arg(long, value_name = "qemu", value_parser = ["qemu"])]
+        boot: Option<String>,
+        /// Allow --flash to write a regular file (tests, VM disks).
+        #[arg(long)]
+        allow_file: bool,
+        /// Do not ask before flashing.
+        #[arg(long)]
+        yes: bool,
+        /// Build the image even if the one in out/images matches the spec (manifest + hash).
+        #[arg(long)]
+        rebuild_image: bool,
+        /// Nix remote builders for NixOS images (passed to `nix build --builders`).
+        #[arg(long)]
+        builders: Option<String>,
+        /// Seconds to wait for SSH after boot.
+        #[arg(long, default_value_t = 900)]
+        ssh_timeout: u64,
+        /// Guest memory for --boot qemu (MiB).
+        #[arg(long, default_value_t = 1536)]
+        memory: u32,
+        /// With --boot qemu: leave the VM running at the end (its pid and SSH port are printed).
+        #[arg(long)]
+        keep_running: bool,
+        #[command(flatten)]
+        ssh: SshArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Operator-validated gates (seed 001): show evidence, record the operator's sign-off.
     Gate {
@@ -193,6 +227,21 @@ pub struct SshArgs {
     /// Seconds to wait for a connection.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Connect to ADDR:PORT when the spec says HOSTADDR:PORT (e.g. a VM's SSH forwarded to loopback);
+    /// host keys are still checked for HOSTADDR. Repeatable.
+    #[arg(long, value_name = "HOSTADDR:PORT=ADDR:PORT", value_parser = parse_via)]
+    pub connect_via: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+fn parse_via(s: &str) -> Result<(std::net::SocketAddr, std::net::SocketAddr), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| "expected HOSTADDR:PORT=ADDR:PORT".to_string())?;
+    let p = |x: &str| {
+        x.parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("`{x}` is not an address:port ({e})"))
+    };
+    Ok((p(a)?, p(b)?))
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +260,13 @@ pub enum ImageAction {
         /// out/cloud-init/HOST after `labforge render`, instead of rendering them afresh.
         #[arg(long, value_name = "DIR")]
         seed_dir: Option<PathBuf>,
+        /// NixOS hosts: Nix remote builders, passed through to `nix build --builders` (NIX_CONFIG and
+        /// nix.conf apply as usual). With builders, an aarch64 image is built on them, else emulated.
+        #[arg(long)]
+        builders: Option<String>,
+        /// NixOS hosts: the flake to build (default: the repository root, where `labforge render` writes it).
+        #[arg(long, value_name = "DIR")]
+        flake: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },

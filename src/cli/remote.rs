@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn ssh_options(
+pub(super) fn ssh_options(
     root: &Path,
     spec: &Spec,
     a: &SshArgs,
@@ -33,6 +33,7 @@ fn ssh_options(
         trust_on_first_use: false,
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         command_timeout: Duration::from_secs(900),
+        connect_via: a.connect_via.iter().cloned().collect(),
     })
 }
 
@@ -52,7 +53,7 @@ fn write_known_hosts(root: &Path, spec: &Spec, path: &Path) -> Result<()> {
     crate::transport::known_hosts::write(path, &rows)
 }
 
-fn first_admin(spec: &Spec) -> Option<String> {
+pub(super) fn first_admin(spec: &Spec) -> Option<String> {
     spec.site.admins.first().map(|a| a.name.clone())
 }
 

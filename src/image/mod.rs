@@ -13,8 +13,11 @@
 
 pub mod bmap;
 pub mod cache;
+pub mod debian;
 pub mod decl;
 pub mod fat;
+pub mod gpt;
+pub mod nix;
 pub mod part;
 
 use crate::io as lio;
@@ -37,10 +40,17 @@ pub struct Manifest {
     pub generator: String,
     pub host: String,
     pub spec_revision: String,
-    pub base: BaseRef,
+    /// The vendor base image (base + seed images only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+    /// How an image built from source was made (nix build, mmdebstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRef>,
     pub image: ImageRef,
     pub bmap: BmapRef,
-    pub seed: SeedRef,
+    /// The cloud-init seed written into the image (NixOS images carry their configuration instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -112,6 +122,17 @@ pub enum BaseCheck {
     Hashed,
     /// Confirmed by the verified-base cache ([`cache`]): same file identity, same hash as the pin.
     Cached,
+    /// Built from source (nix build, mmdebstrap): no vendor base to verify.
+    NoBase,
+}
+
+/// An image built from source: the builder and its inputs (sorted keys, no timestamps).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRef {
+    /// `nix-build` or `mmdebstrap`.
+    pub kind: String,
+    pub inputs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -262,32 +283,85 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
             }
         }
     }
-    let xml = map.to_xml();
+    publish_hashed(
+        tmp,
+        &inp.out,
+        inp.host,
+        inp.spec_revision,
+        Some(BaseRef {
+            name: base.name.clone(),
+            source: base.decl.source.clone(),
+            format: base.decl.format,
+            sha256: pinned,
+        }),
+        None,
+        Some(seed),
+        (sha, size, map),
+        base_check,
+    )
+}
 
-    // 4. Into place.
-    tmp.persist(&inp.out)
+/// Finish an image that sits complete in `tmp`: one pass for its SHA-256 and block map, rename it to
+/// `out`, then write `out.bmap` and `out.manifest.json` (temp file + rename each).
+#[allow(clippy::too_many_arguments)]
+pub fn publish(
+    tmp: tempfile::NamedTempFile,
+    out: &Path,
+    host: &str,
+    spec_revision: &str,
+    base: Option<BaseRef>,
+    build: Option<BuildRef>,
+    seed: Option<SeedRef>,
+    progress: bool,
+) -> Result<Built> {
+    tmp.as_file().sync_all()?;
+    let hashed = finalize(tmp.as_file(), progress)?;
+    publish_hashed(
+        tmp,
+        out,
+        host,
+        spec_revision,
+        base,
+        build,
+        seed,
+        hashed,
+        BaseCheck::NoBase,
+    )
+}
+
+/// [`publish`] with the SHA-256, size and block map already computed.
+#[allow(clippy::too_many_arguments)]
+fn publish_hashed(
+    tmp: tempfile::NamedTempFile,
+    out: &Path,
+    host: &str,
+    spec_revision: &str,
+    base: Option<BaseRef>,
+    build: Option<BuildRef>,
+    seed: Option<SeedRef>,
+    (sha, size, map): (String, u64, bmap::Bmap),
+    base_check: BaseCheck,
+) -> Result<Built> {
+    let xml = map.to_xml();
+    tmp.persist(out)
         .map_err(|e| e.error)
-        .with_context(|| format!("renaming the image into place at {}", inp.out.display()))?;
+        .with_context(|| format!("renaming the image into place at {}", out.display()))?;
     let file_name = |p: &Path| {
         p.file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let bp = bmap_path(&inp.out);
+    let bp = bmap_path(out);
     crate::render::write_atomic(&bp, xml.as_bytes(), 0o644)?;
     let manifest = Manifest {
         format_version: MANIFEST_VERSION,
         generator: format!("labforge {}", env!("CARGO_PKG_VERSION")),
-        host: inp.host.to_string(),
-        spec_revision: inp.spec_revision.to_string(),
-        base: BaseRef {
-            name: base.name.clone(),
-            source: base.decl.source.clone(),
-            format: base.decl.format,
-            sha256: pinned,
-        },
+        host: host.to_string(),
+        spec_revision: spec_revision.to_string(),
+        base,
+        build,
         image: ImageRef {
-            file: file_name(&inp.out),
+            file: file_name(out),
             size,
             sha256: sha,
         },
@@ -298,17 +372,43 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
         },
         seed,
     };
-    let mp = manifest_path(&inp.out);
+    let mp = manifest_path(out);
     let mut json = serde_json::to_vec_pretty(&manifest)?;
     json.push(b'\n');
     crate::render::write_atomic(&mp, &json, 0o644)?;
     Ok(Built {
         base_check,
         manifest,
-        image: inp.out.clone(),
+        image: out.to_path_buf(),
         bmap: bp,
         manifest_path: mp,
     })
+}
+
+/// The seed files as the manifest records them.
+pub fn seed_files(seed: &[(String, Vec<u8>)]) -> Vec<SeedFile> {
+    seed.iter()
+        .map(|(n, b)| SeedFile {
+            name: n.clone(),
+            size: b.len() as u64,
+            sha256: lio::sha256_hex(b),
+        })
+        .collect()
+}
+
+/// Write the seed into a new FAT partition labelled `CIDATA` of an image being assembled (the region
+/// `offset..offset+len` of `f`); the volume serial is derived from `id` so builds are reproducible.
+pub fn format_cidata(
+    f: &File,
+    offset: u64,
+    len: u64,
+    start_lba: u32,
+    seed: &[(String, Vec<u8>)],
+    volume_id: u32,
+) -> Result<()> {
+    check_seed(seed)?;
+    fat::format(f, offset, len, "CIDATA", volume_id, start_lba)?;
+    fat::write_files(f, offset, len, seed)
 }
 
 fn check_seed(seed: &[(String, Vec<u8>)]) -> Result<()> {
@@ -351,6 +451,17 @@ pub fn hash_file(f: &File, progress: bool, msg: &str) -> Result<String> {
     lio::hash_zeros(&mut h, size - pos);
     pb.finish_and_clear();
     Ok(hex::encode(h.finalize()))
+}
+
+/// Copy `src` to `dst` sparsely; returns the SHA-256 of `src` (for images built elsewhere, e.g. by Nix).
+pub fn sparse_copy_pub(src: &File, dst: &File, progress: bool) -> Result<String> {
+    sparse_copy(src, dst, progress, true)?
+        .ok_or_else(|| anyhow::anyhow!("internal error: sparse copy returned no hash"))
+}
+
+/// Decompress a zstd file into `dst` as a sparse file; returns the SHA-256 of the compressed file.
+pub fn decompress_zst(src: &File, dst: &File, progress: bool) -> Result<String> {
+    decompress(src, dst, Format::Zst, progress)
 }
 
 /// Copy `src` to `dst` leaving holes for holes and all-zero blocks; returns the SHA-256 of `src` when
@@ -461,15 +572,7 @@ fn find_fat(f: &File, t: &part::Table, label: &str) -> Option<part::Part> {
 
 fn inject(out: &File, inp: &BuildInput, base_sha: &str) -> Result<SeedRef> {
     let table = part::read(out)?;
-    let files: Vec<SeedFile> = inp
-        .seed
-        .iter()
-        .map(|(n, b)| SeedFile {
-            name: n.clone(),
-            size: b.len() as u64,
-            sha256: lio::sha256_hex(b),
-        })
-        .collect();
+    let files = seed_files(&inp.seed);
     let method = inp.base.decl.seed;
     match method {
         SeedMethod::SystemBoot => {

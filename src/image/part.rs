@@ -63,10 +63,10 @@ struct Gpt {
     alternate_lba: u64,
 }
 
-const BASIC_DATA: &str = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
-const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+pub const BASIC_DATA: &str = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
+pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
-fn guid_text(b: &[u8]) -> String {
+pub fn guid_text(b: &[u8]) -> String {
     format!(
         "{:08x}-{:04x}-{:04x}-{}-{}",
         u32::from_le_bytes(b[0..4].try_into().unwrap()),
@@ -77,7 +77,7 @@ fn guid_text(b: &[u8]) -> String {
     )
 }
 
-fn guid_bytes(s: &str) -> [u8; 16] {
+pub fn guid_bytes(s: &str) -> [u8; 16] {
     let h: String = s.chars().filter(|c| *c != '-').collect();
     let raw = hex::decode(h).expect("valid GUID literal");
     let mut b = [0u8; 16];

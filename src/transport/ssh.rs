@@ -5,6 +5,8 @@ use super::{BoxFut, Output, Transport, TransportError};
 use anyhow::{anyhow, bail, Context, Result};
 use russh::client;
 use russh::keys::PublicKey;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +21,21 @@ pub struct SshOptions {
     pub trust_on_first_use: bool,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// Connect-address overrides: a host's address:port → where the TCP connection really goes (e.g. a
+    /// QEMU guest's SSH forwarded to a loopback port). Host keys are still checked against the host's own
+    /// address in known_hosts.
+    pub connect_via: BTreeMap<SocketAddr, SocketAddr>,
+}
+
+impl SshOptions {
+    /// Where a connection to `addr:port` really goes (`connect_via`, else itself).
+    pub fn target(&self, addr: &str, port: u16) -> String {
+        addr.parse::<std::net::IpAddr>()
+            .ok()
+            .and_then(|ip| self.connect_via.get(&SocketAddr::new(ip, port)))
+            .map(|sa| sa.to_string())
+            .unwrap_or_else(|| format!("{addr}:{port}"))
+    }
 }
 
 /// What the server presented and how it compared with known_hosts.
@@ -94,9 +111,10 @@ async fn open(
         seen: seen.clone(),
     };
     let target = format!("{addr}:{port}");
+    let real = opts.target(addr, port);
     let r = tokio::time::timeout(
         opts.connect_timeout,
-        client::connect(config(), target.as_str(), h),
+        client::connect(config(), real.as_str(), h),
     )
     .await;
     let handle = match r {

@@ -130,6 +130,31 @@ pub struct Options {
     pub probe_timeout: Duration,
 }
 
+/// Where a probe of `a:p` really connects (the SSH options' connect-address overrides apply).
+fn sockaddr_via(opts: &SshOptions, a: &str, p: u16) -> Option<SocketAddr> {
+    opts.target(a, p).parse().ok()
+}
+
+/// With connect-address overrides (a guest behind QEMU user networking), a TCP probe from the controller
+/// reaches only the forwarded ports: every other one cannot say anything about the host and is skipped.
+pub fn skip_unreachable_probes(checks: &mut [Check], opts: &SshOptions) {
+    if opts.connect_via.is_empty() {
+        return;
+    }
+    for c in checks.iter_mut().filter(|c| c.not_applicable.is_none()) {
+        if let Probe::Tcp { address, port } = &c.probe {
+            let forwarded = sockaddr(address, *port)
+                .map(|sa| opts.connect_via.contains_key(&sa))
+                .unwrap_or(false);
+            if !forwarded {
+                c.not_applicable = Some(format!(
+                    "the host is reached through forwarded ports only (connect-address override, e.g. QEMU user networking): a TCP probe of {address}:{port} from the controller cannot reach it"
+                ));
+            }
+        }
+    }
+}
+
 fn sockaddr(a: &str, p: u16) -> Option<SocketAddr> {
     a.parse::<std::net::IpAddr>()
         .ok()
@@ -198,7 +223,7 @@ pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mu
     tcps.dedup();
     let kex_f = async {
         match &kex {
-            Some((a, p)) => Some(match sockaddr(a, *p) {
+            Some((a, p)) => Some(match sockaddr_via(&opts.ssh, a, *p) {
                 Some(sa) => probe::kexinit(sa, opts.ssh.connect_timeout)
                     .await
                     .map_err(|e| format!("{e:#}")),
@@ -225,8 +250,9 @@ pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mu
         let a = a.clone();
         let p = *p;
         let to = opts.probe_timeout;
+        let ssh_opts = opts.ssh.clone();
         async move {
-            let open = match sockaddr(&a, p) {
+            let open = match sockaddr_via(&ssh_opts, &a, p) {
                 Some(sa) => probe::tcp_open(sa, to).await,
                 None => false,
             };
@@ -257,7 +283,8 @@ where
 
 /// Verify one host end to end over SSH.
 pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
-    let checks = checks::for_host(spec, h);
+    let mut checks = checks::for_host(spec, h);
+    skip_unreachable_probes(&mut checks, &opts.ssh);
     let mgmt = h
         .management_address(spec)
         .map(|a| a.to_string())

@@ -884,7 +884,10 @@ fn network_config(spec: &Spec, h: &Host, sources: &[String]) -> Result<String> {
                 if gw_iface.as_deref() == Some(i.name.as_str()) {
                     let gw = net.gateway.expect("filtered on gateway");
                     let mut r = BTreeMap::new();
-                    r.insert("to".to_string(), "default".to_string());
+                    // `0.0.0.0/0` rather than netplan's `default`: Debian 12's cloud-init (22.4) rejects
+                    // `to: default` ("Address default is not a valid ip address", found booting vulcan).
+                    let to = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                    r.insert("to".to_string(), to.to_string());
                     r.insert("via".to_string(), gw.to_string());
                     ni.routes.push(r);
                     ns.extend(spec.site.nameservers.iter().map(|x| x.to_string()));

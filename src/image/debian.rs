@@ -5,7 +5,8 @@
 //! * x86_64 (`gpt-esp-systemd-boot+ext4`): GPT written here (`gpt.rs`) with an EFI system partition
 //!   (FAT made by `mformat`, filled by `mcopy`: systemd-boot as the removable-media loader
 //!   `EFI/BOOT/BOOTX64.EFI`, `loader/loader.conf`, one boot entry, the kernel and initrd from the root file
-//!   system), an ext4 root made by `mkfs.ext4 -d DIR`, and a `CIDATA` FAT with the host's cloud-init seed.
+//!   system), an ext4 root made by `mkfs.ext4 -d DIR`, and a `CIDATA` FAT with the host's cloud-init seed;
+//!   every file system is made in place at its partition's offset in the image.
 //!
 //! The image carries no SSH host keys (the seed brings the host's pinned key) and an empty /etc/machine-id
 //! (systemd makes one on first boot).
@@ -311,25 +312,6 @@ fn dir_size(p: &Path) -> u64 {
     n
 }
 
-/// Copy `src` into `dst` at `off`, skipping holes and zero blocks.
-fn copy_into(src: &Path, dst: &File, off: u64) -> Result<()> {
-    let f = File::open(src)?;
-    let mut buf = vec![0u8; lio::CHUNK];
-    for (a, b) in lio::data_extents(&f)? {
-        let mut o = a;
-        while o < b {
-            let n = ((b - o) as usize).min(buf.len());
-            let got = lio::read_full_at(&f, &mut buf[..n], o)?;
-            lio::write_nonzero_at(dst, &buf[..got], off + o)?;
-            if got < n {
-                break;
-            }
-            o += n as u64;
-        }
-    }
-    Ok(())
-}
-
 /// Kernel command line of the image: root by the GPT partition UUID, serial + screen console.
 pub fn cmdline(root_partuuid: &str) -> String {
     format!("root=PARTUUID={root_partuuid} rw rootwait console=tty0 console=ttyS0,115200")
@@ -423,52 +405,11 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
         ),
     )?;
     let esp_size = ((dir_size(&espdir) * 5 / 4 + (16 << 20)).max(64 << 20)).div_ceil(1 << 20) << 20;
-    let esp_img = work.path().join("esp.img");
-    File::create(&esp_img)?.set_len(esp_size)?;
-    let serial = &esp_uuid[..8];
-    run(
-        Command::new("mformat")
-            .arg("-i")
-            .arg(&esp_img)
-            .args(["-F", "-v", "ESP", "-N", serial])
-            .arg("-T")
-            .arg((esp_size / 512).to_string())
-            .args(["-h", "64", "-s", "32", "::"]),
-        "mformat (the EFI system partition)",
-    )?;
-    let mut mc = Command::new("mcopy");
-    mc.arg("-i").arg(&esp_img).args(["-s", "-Q", "-m"]);
-    for e in std::fs::read_dir(&espdir)? {
-        mc.arg(e?.path());
-    }
-    mc.arg("::/");
-    run(&mut mc, "mcopy (filling the EFI system partition)")?;
-
-    // Root: ext4 made from the directory.
     let used = dir_size(&root);
     let root_size = ((used * 3 / 2 + (768 << 20)).div_ceil(1 << 20)) << 20;
-    let root_img = work.path().join("root.img");
-    File::create(&root_img)?.set_len(root_size)?;
-    run(
-        Command::new("mkfs.ext4")
-            .args([
-                "-F",
-                "-q",
-                "-L",
-                "root",
-                "-U",
-                &fs_uuid,
-                "-E",
-                "root_owner=0:0",
-                "-d",
-            ])
-            .arg(&root)
-            .arg(&root_img)
-            .env("E2FSPROGS_FAKE_TIME", "315532800"),
-        "mkfs.ext4 -d (the root file system)",
-    )?;
 
-    // The disk.
+    // The disk: the GPT first, then each file system made in place at its partition's offset (mtools
+    // `IMAGE@@OFFSET`, `mkfs.ext4 -E offset=`): no intermediate partition files, no copies.
     let seed_bytes: u64 = inp.seed.iter().map(|(_, b)| b.len() as u64).sum();
     let cidata_size = (seed_bytes * 2 + (1 << 20)).max(4 << 20);
     let parts = vec![
@@ -498,8 +439,47 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
     let f = tmp.as_file();
     f.set_len(total)?;
     gpt::write(f, total, &parts, &placed, &disk_uuid)?;
-    copy_into(&esp_img, f, placed[0].offset())?;
-    copy_into(&root_img, f, placed[1].offset())?;
+    f.sync_all()?;
+
+    // ESP: FAT32 by mformat, filled by mcopy.
+    let esp_at = format!("{}@@{}", tmp.path().display(), placed[0].offset());
+    let serial = &esp_uuid[..8];
+    run(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(&esp_at)
+            .args(["-F", "-v", "ESP", "-N", serial])
+            .arg("-T")
+            .arg((placed[0].len() / 512).to_string())
+            .args(["-h", "64", "-s", "32", "::"]),
+        "mformat (the EFI system partition)",
+    )?;
+    let mut mc = Command::new("mcopy");
+    mc.arg("-i").arg(&esp_at).args(["-s", "-Q", "-m"]);
+    for e in std::fs::read_dir(&espdir)? {
+        mc.arg(e?.path());
+    }
+    mc.arg("::/");
+    run(&mut mc, "mcopy (filling the EFI system partition)")?;
+
+    // Root: ext4 made from the directory, in place.
+    run(
+        Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", "root", "-U", &fs_uuid, "-E"])
+            .arg(format!(
+                "offset={},root_owner=0:0,nodiscard",
+                placed[1].offset()
+            ))
+            .arg("-d")
+            .arg(&root)
+            .arg(tmp.path())
+            .arg(format!("{}k", placed[1].len() / 1024))
+            .env("E2FSPROGS_FAKE_TIME", "315532800"),
+        "mkfs.ext4 -d (the root file system)",
+    )?;
+    if f.metadata()?.len() != total {
+        bail!("mkfs.ext4 changed the image size (expected {total} bytes)");
+    }
     let c = placed[2];
     let vol = u32::from_str_radix(&id("cidata-vol")[..8], 16).unwrap_or(0);
     super::format_cidata(f, c.offset(), c.len(), c.start_lba as u32, &inp.seed, vol)

@@ -13,10 +13,6 @@ fn trees() -> Vec<(&'static str, PathBuf)> {
     vec![
         ("committed render of the example lab", r.clone()),
         (
-            "golden nixos-example-lab",
-            r.join("tests/golden/nixos-example-lab/out"),
-        ),
-        (
             "golden nixos-compute",
             r.join("tests/golden/nixos-compute/out"),
         ),

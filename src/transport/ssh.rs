@@ -93,12 +93,77 @@ fn config() -> Arc<client::Config> {
     })
 }
 
+/// How many of the first bytes a server sends are kept (banner + KEXINIT; OpenSSH's is about 1.5 KiB).
+const HELLO_CAP: usize = 16 * 1024;
+
+/// A stream that records the first [`HELLO_CAP`] bytes read from the server: its banner and KEXINIT, which
+/// travel in clear, so the session that logs in also tells verify what the server offers (one connection
+/// per host instead of three — each costs the host an sshd fork and re-exec).
+struct Recorder<S> {
+    inner: S,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Recorder<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            if let Ok(mut v) = self.seen.lock() {
+                if v.len() < HELLO_CAP {
+                    let new = &buf.filled()[before..];
+                    let take = new.len().min(HELLO_CAP - v.len());
+                    v.extend_from_slice(&new[..take]);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Recorder<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Open the SSH session and check the host key (before anything else is sent); no authentication.
 async fn open(
     name: &str,
     addr: &str,
     port: u16,
     opts: &SshOptions,
+) -> Result<(client::Handle<Handler>, Arc<Mutex<KeySeen>>)> {
+    open_recording(name, addr, port, opts, &Arc::new(Mutex::new(Vec::new()))).await
+}
+
+/// [`open`], recording the server's first bytes into `hello` (kept on failure too).
+async fn open_recording(
+    name: &str,
+    addr: &str,
+    port: u16,
+    opts: &SshOptions,
+    hello: &Arc<Mutex<Vec<u8>>>,
 ) -> Result<(client::Handle<Handler>, Arc<Mutex<KeySeen>>)> {
     let text = std::fs::read_to_string(&opts.known_hosts).unwrap_or_default();
     let entries = known_hosts::parse(&text);
@@ -112,10 +177,23 @@ async fn open(
     };
     let target = format!("{addr}:{port}");
     let real = opts.target(addr, port);
-    let r = tokio::time::timeout(
-        opts.connect_timeout,
-        client::connect(config(), real.as_str(), h),
-    )
+    let cfg = config();
+    let hello = hello.clone();
+    let r = tokio::time::timeout(opts.connect_timeout, async move {
+        let sock = tokio::net::TcpStream::connect(real.as_str())
+            .await
+            .map_err(russh::Error::from)?;
+        let _ = sock.set_nodelay(cfg.nodelay);
+        client::connect_stream(
+            cfg,
+            Recorder {
+                inner: sock,
+                seen: hello,
+            },
+            h,
+        )
+        .await
+    })
     .await;
     let handle = match r {
         Err(_) => bail!(
@@ -148,7 +226,84 @@ async fn open(
 impl SshTransport {
     /// Connect with the pinned host key and authenticate with the operator's key or agent.
     pub async fn connect(name: &str, addr: &str, port: u16, opts: &SshOptions) -> Result<Self> {
-        let (mut handle, _) = open(name, addr, port, opts).await?;
+        let (handle, _) = open(name, addr, port, opts).await?;
+        Self::login(name, addr, port, opts, handle).await
+    }
+
+    /// [`connect`](Self::connect), and on the same connection learn what the server offers before login:
+    /// its KEXINIT (recorded off the wire) and — when `probe_user` is the login user — the `none`-auth
+    /// answer and whether a wrong password is accepted. Both come back even when the login fails.
+    pub async fn connect_probing(
+        name: &str,
+        addr: &str,
+        port: u16,
+        opts: &SshOptions,
+        probe_user: Option<&str>,
+    ) -> Probed {
+        let hello = Arc::new(Mutex::new(Vec::new()));
+        let opened = open_recording(name, addr, port, opts, &hello).await;
+        let kexinit = || {
+            let bytes = hello.lock().map(|v| v.clone()).unwrap_or_default();
+            if bytes.is_empty() {
+                return Err(format!("no SSH banner from {}", opts.target(addr, port)));
+            }
+            super::probe::parse_server_hello(&bytes).map_err(|e| format!("{e:#}"))
+        };
+        let mut handle = match opened {
+            Ok((h, _)) => h,
+            Err(e) => {
+                return Probed {
+                    transport: Err(e),
+                    kexinit: kexinit(),
+                    auth: None,
+                }
+            }
+        };
+        let kexinit = kexinit();
+        let mut auth = None;
+        if let Some(u) = probe_user.filter(|u| *u == opts.user) {
+            let probed = tokio::time::timeout(opts.connect_timeout, probe_auth(&mut handle, u))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow!(
+                        "auth probe timed out after {:?}",
+                        opts.connect_timeout
+                    ))
+                });
+            match probed {
+                // Authenticated without the key (`none` or a wrong password accepted): a finding, and this
+                // session is not one to work in — log in afresh below.
+                Ok(p)
+                    if p.methods.iter().any(|m| m == "none")
+                        || p.password_accepted == Some(true) =>
+                {
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, "", "en")
+                        .await;
+                    auth = Some(Ok(p));
+                    return Probed {
+                        transport: Self::connect(name, addr, port, opts).await,
+                        kexinit,
+                        auth,
+                    };
+                }
+                r => auth = Some(r.map_err(|e| format!("{e:#}"))),
+            }
+        }
+        Probed {
+            transport: Self::login(name, addr, port, opts, handle).await,
+            kexinit,
+            auth,
+        }
+    }
+
+    async fn login(
+        name: &str,
+        addr: &str,
+        port: u16,
+        opts: &SshOptions,
+        mut handle: client::Handle<Handler>,
+    ) -> Result<Self> {
         let target = format!("{addr}:{port}");
         let ok = match &opts.identity {
             Some(path) => {
@@ -209,6 +364,13 @@ impl SshTransport {
     }
 }
 
+/// A login plus what the server showed on the way (see [`SshTransport::connect_probing`]).
+pub struct Probed {
+    pub transport: Result<SshTransport>,
+    pub kexinit: Result<super::probe::KexInit, String>,
+    pub auth: Option<Result<AuthProbe, String>>,
+}
+
 /// What the server offers before login: `none` auth → remaining methods; then a password attempt.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuthProbe {
@@ -225,6 +387,16 @@ pub async fn auth_probe(
     opts: &SshOptions,
 ) -> Result<AuthProbe> {
     let (mut h, _) = open(name, addr, port, opts).await?;
+    let p = probe_auth(&mut h, user).await?;
+    let _ = h
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    Ok(p)
+}
+
+/// What a connected (not yet authenticated) server answers to `none` auth for `user`, and whether it
+/// accepts a wrong password when it offers password auth.
+async fn probe_auth(h: &mut client::Handle<Handler>, user: &str) -> Result<AuthProbe> {
     let r = h.authenticate_none(user).await?;
     let methods: Vec<String> = match &r {
         client::AuthResult::Success => vec!["none".into()],
@@ -243,9 +415,6 @@ pub async fn auth_probe(
     } else {
         None
     };
-    let _ = h
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
     Ok(AuthProbe {
         methods,
         password_accepted,

@@ -65,7 +65,7 @@ impl HostReport {
 }
 
 /// The outcome of one remote probe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteOut {
     Ok(String),
     Failed { status: String, output: String },
@@ -77,7 +77,7 @@ pub fn batch_script(probes: &[(String, String, String)]) -> String {
     let mut s = String::from("exec 2>&1\n");
     for (key, tool, cmd) in probes {
         s.push_str(&format!(
-            "echo '@@LF-BEGIN {key}'\nif command -v {tool} >/dev/null 2>&1; then ( {cmd} ) </dev/null; echo \"@@LF-END {key} $?\"; else echo '@@LF-END {key} missing'; fi\n",
+            "echo '@@LF-BEGIN {key}'\nif command -v {tool} >/dev/null 2>&1; then ( {cmd} ) </dev/null; st=$?; echo; echo \"@@LF-END {key} $st\"; else echo; echo '@@LF-END {key} missing'; fi\n",
             tool = crate::transport::sq(tool),
         ));
     }
@@ -95,7 +95,12 @@ pub fn parse_batch(out: &str) -> BTreeMap<String, RemoteOut> {
             let mut it = rest.splitn(2, ' ');
             let k = it.next().unwrap_or("").to_string();
             let st = it.next().unwrap_or("").to_string();
-            let body = cur.take().map(|c| c.1).unwrap_or_default();
+            // The script prints a newline before every end marker, so output without a trailing
+            // newline cannot swallow the marker; drop that one newline again.
+            let mut body = cur.take().map(|c| c.1).unwrap_or_default();
+            if body.ends_with('\n') {
+                body.pop();
+            }
             let r = match st.as_str() {
                 "0" => RemoteOut::Ok(body),
                 "missing" => RemoteOut::Missing(k.clone()),
@@ -194,24 +199,54 @@ pub async fn remote_facts(
     }
 }
 
-/// Run the probes that need no login (KEXINIT, auth methods, TCP) for `checks`.
-pub async fn wire_facts(name: &str, checks: &[Check], opts: &Options, facts: &mut Facts) {
+/// The KEXINIT probe's target of `checks`, if any.
+fn kex_target(checks: &[Check]) -> Option<(String, u16)> {
+    checks
+        .iter()
+        .filter(|c| c.not_applicable.is_none())
+        .find_map(|c| match &c.probe {
+            Probe::Kexinit { address, port } => Some((address.clone(), *port)),
+            _ => None,
+        })
+}
+
+/// The auth-methods probe's target and user of `checks`, if any.
+fn auth_target(checks: &[Check]) -> Option<(String, u16, String)> {
+    checks
+        .iter()
+        .filter(|c| c.not_applicable.is_none())
+        .find_map(|c| match &c.probe {
+            Probe::Auth {
+                address,
+                port,
+                user,
+            } => Some((address.clone(), *port, user.clone())),
+            _ => None,
+        })
+}
+
+/// Which probes need no login of their own.
+#[derive(Clone, Copy)]
+pub struct WireProbes {
+    pub kexinit: bool,
+    pub auth: bool,
+}
+
+/// Run the probes that need no login (KEXINIT, auth methods, TCP) for `checks`; `which` says whether the
+/// KEXINIT and auth probes still need their own connections (the login session may have answered them).
+pub async fn wire_facts(
+    name: &str,
+    checks: &[Check],
+    opts: &Options,
+    which: WireProbes,
+    facts: &mut Facts,
+) {
     let active: Vec<&Check> = checks
         .iter()
         .filter(|c| c.not_applicable.is_none())
         .collect();
-    let kex = active.iter().find_map(|c| match &c.probe {
-        Probe::Kexinit { address, port } => Some((address.clone(), *port)),
-        _ => None,
-    });
-    let auth = active.iter().find_map(|c| match &c.probe {
-        Probe::Auth {
-            address,
-            port,
-            user,
-        } => Some((address.clone(), *port, user.clone())),
-        _ => None,
-    });
+    let kex = kex_target(checks).filter(|_| which.kexinit);
+    let auth = auth_target(checks).filter(|_| which.auth);
     let mut tcps: Vec<(String, u16)> = active
         .iter()
         .filter_map(|c| match &c.probe {
@@ -291,8 +326,27 @@ pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
         .unwrap_or_default();
     let port = h.hardening.ssh_port;
     let mut facts = Facts::default();
+    // The login session also reads the server's KEXINIT and auth answer when those probes target the
+    // address it logs in to (the usual case: both are the management address), saving the host two
+    // connections — each an sshd fork and re-exec.
+    let same_kex = kex_target(&checks).is_some_and(|(a, p)| a == mgmt && p == port);
+    let probe_user = auth_target(&checks)
+        .filter(|(a, p, u)| *a == mgmt && *p == port && *u == opts.ssh.user)
+        .map(|(_, _, u)| u);
+    let which = WireProbes {
+        kexinit: !same_kex,
+        auth: probe_user.is_none(),
+    };
     let remote = async {
-        match ssh::SshTransport::connect(&h.name, &mgmt, port, &opts.ssh).await {
+        let probed = ssh::SshTransport::connect_probing(
+            &h.name,
+            &mgmt,
+            port,
+            &opts.ssh,
+            probe_user.as_deref(),
+        )
+        .await;
+        let (pinned, r) = match probed.transport {
             Ok(t) => {
                 let r = remote_facts(&t, &checks).await;
                 t.close().await;
@@ -307,12 +361,14 @@ pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
                 };
                 (pinned, Err(format!("cannot log in: {msg}")))
             }
-        }
+        };
+        (pinned, r, probed.kexinit, probed.auth)
     };
     let mut wire = Facts::default();
-    let ((pinned, r), ()) = tokio::join!(remote, wire_facts(&h.name, &checks, opts, &mut wire));
-    facts.kexinit = wire.kexinit;
-    facts.auth = wire.auth;
+    let ((pinned, r, kex, auth), ()) =
+        tokio::join!(remote, wire_facts(&h.name, &checks, opts, which, &mut wire));
+    facts.kexinit = if same_kex { Some(kex) } else { wire.kexinit };
+    facts.auth = if which.auth { wire.auth } else { auth };
     facts.tcp = wire.tcp;
     facts.pinned = pinned;
     match r {
@@ -476,4 +532,47 @@ pub fn junit(reports: &[HostReport]) -> String {
     }
     o.push_str("</testsuites>\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the batch script with /bin/sh, as the host's shell would.
+    fn run(probes: &[(&str, &str, &str)]) -> BTreeMap<String, RemoteOut> {
+        let p: Vec<(String, String, String)> = probes
+            .iter()
+            .map(|(k, t, c)| (k.to_string(), t.to_string(), c.to_string()))
+            .collect();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(batch_script(&p))
+            .output()
+            .unwrap();
+        parse_batch(&String::from_utf8(o.stdout).unwrap())
+    }
+
+    #[test]
+    fn probe_output_without_trailing_newline_keeps_the_framing() {
+        // Regression: `cat daemon.json` / a pretty-printed `docker inspect` without a final newline used to
+        // glue the end marker onto the last line, and the probe vanished ("produced no result").
+        let m = run(&[
+            ("a", "printf", "printf '[\\n  1\\n]'"),
+            ("b", "printf", "printf 'x\\ny\\n'"),
+            ("c", "printf", "printf ''"),
+            ("d", "sh", "echo out; exit 3"),
+            ("e", "no-such-tool-labforge", "no-such-tool-labforge"),
+        ]);
+        assert_eq!(m["a"], RemoteOut::Ok("[\n  1\n]".into()));
+        assert_eq!(m["b"], RemoteOut::Ok("x\ny\n".into()));
+        assert_eq!(m["c"], RemoteOut::Ok(String::new()));
+        assert_eq!(
+            m["d"],
+            RemoteOut::Failed {
+                status: "3".into(),
+                output: "out\n".into()
+            }
+        );
+        assert_eq!(m["e"], RemoteOut::Missing("e".into()));
+    }
 }

@@ -161,6 +161,7 @@ fn helper_deploy_nixos() {
             std::env::var("LF_TIMEOUT").unwrap().parse().unwrap(),
         ),
         secrets: Arc::new(|n: &str| Err(anyhow::anyhow!("no secret {n} in this test"))),
+        dry_run: false,
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = rt.block_on(labforge::deploy::deploy(ctx, plan.hosts.clone(), 1));

@@ -80,6 +80,29 @@ fn deploy_blocks_on_gate_then_converges_and_a_second_run_changes_nothing() {
     let key = lab.op_key.display().to_string();
     let root = lab.host("d1").root.clone();
 
+    // 0. dry-run on the fresh host: connects, compares, reports what would change, writes nothing
+    let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--json", "--dry-run"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a host that would change → exit 1\n{}",
+        text(&o)
+    );
+    let ev = events(&o);
+    assert_eq!(step_status(&ev, "d1:upload:sshd"), "unchanged");
+    assert_eq!(step_status(&ev, "d1:firewall"), "would-change");
+    assert_eq!(step_status(&ev, "d1:gate:web-ready"), "blocked");
+    assert!(!root.join("opt/labforge").exists(), "dry-run wrote files");
+    assert!(
+        !root.join("etc/nftables.conf").exists(),
+        "dry-run wrote the ruleset"
+    );
+    assert!(!root.join("fake-docker/compose.log").exists());
+    assert!(!text(&o).contains(&canary));
+    let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--dry-run", "--offline"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("d1:compose-up:web"), "{}", text(&o));
+
     // 1. the gate is pending: the host stops before the stack, shows evidence, and exit is 1
     let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -153,6 +176,30 @@ fn deploy_blocks_on_gate_then_converges_and_a_second_run_changes_nothing() {
         "compose must not run for an unchanged stack"
     );
     assert!(!text(&o).contains(&canary));
+    // and a dry-run agrees: nothing would change, exit 0
+    let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--json", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(events(&o)
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .all(|e| e["status"] != "would-change" && e["status"] != "changed"));
+    // drift on the host: the dry-run names exactly the file and the restart, and repairs nothing
+    let compose_file = root.join("opt/labforge/stacks/web/docker-compose.yml");
+    std::fs::write(&compose_file, "# edited on the host\n").unwrap();
+    let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--json", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let ev = events(&o);
+    assert_eq!(step_status(&ev, "d1:upload:web"), "would-change");
+    assert_eq!(step_status(&ev, "d1:compose-up:web"), "would-change");
+    assert_eq!(step_status(&ev, "d1:upload-env:web"), "unchanged");
+    assert_eq!(step_status(&ev, "d1:firewall"), "unchanged");
+    assert_eq!(
+        std::fs::read_to_string(&compose_file).unwrap(),
+        "# edited on the host\n"
+    );
+    assert!(!text(&o).contains(&canary));
+    let o = lab.labforge(&["deploy", "d1", "--identity", &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // no temp files left anywhere under the host's root
     let o = sh(&format!("find {} -name '*labforge-tmp*'", root.display()));
     assert!(

@@ -105,7 +105,7 @@ pub enum Command {
     },
     /// Deploy hosts over SSH: run the plan's steps per host, in parallel, strict host keys.
     #[command(
-        after_help = "Exit 0 when every host deployed (or had nothing to change), 1 when a host failed or waits for an operator gate, 2 on input errors."
+        after_help = "Exit 0 when every host deployed (or had nothing to change), 1 when a host failed or waits for an operator gate\n(with --dry-run: also when a host would change), 2 on input errors."
     )]
     Deploy {
         /// Hosts to deploy.
@@ -119,9 +119,13 @@ pub enum Command {
         /// How many hosts at once.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
         parallel: u16,
-        /// Show the steps per host without connecting.
+        /// Connect read-only and report what each step would change (remote sha256 of every planned file,
+        /// the ruleset and `.env` files); nothing is written or restarted. Exit 1 when a host would change.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: list the planned steps without connecting.
+        #[arg(long, requires = "dry_run")]
+        offline: bool,
         /// Seconds a NixOS switch has to be confirmed on a fresh connection before the host rolls back.
         #[arg(long, default_value_t = 300)]
         confirm_timeout: u64,

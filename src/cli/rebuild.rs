@@ -295,6 +295,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         connector,
         sink: crate::deploy::sink(false),
         confirm_timeout: Duration::from_secs(300),
+        dry_run: false,
         secrets: Arc::new(move |name: &str| {
             let r = spec2
                 .secrets

@@ -75,6 +75,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             on,
             parallel,
             dry_run,
+            offline,
             confirm_timeout,
             ssh,
             json,
@@ -89,7 +90,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             let sel: Vec<&crate::spec::model::Host> =
                 names.iter().map(|n| &spec.hosts[n]).collect();
             let plan = crate::plan::plan(&spec, &sel);
-            if *dry_run {
+            if *dry_run && *offline {
                 for hp in &plan.hosts {
                     for s in &hp.deploy {
                         let gate = match &s.requires_gate {
@@ -129,6 +130,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 connector,
                 sink: crate::deploy::sink(*json),
                 confirm_timeout: Duration::from_secs(*confirm_timeout),
+                dry_run: *dry_run,
                 secrets: Arc::new(move |name: &str| {
                     let r = spec2
                         .secrets
@@ -148,10 +150,14 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 *parallel as usize,
             ));
             let ok = summary.iter().all(|h| {
-                matches!(
-                    h.status,
-                    crate::deploy::StepStatus::Changed | crate::deploy::StepStatus::Unchanged
-                )
+                if *dry_run {
+                    h.status == crate::deploy::StepStatus::Unchanged
+                } else {
+                    matches!(
+                        h.status,
+                        crate::deploy::StepStatus::Changed | crate::deploy::StepStatus::Unchanged
+                    )
+                }
             });
             if *json {
                 (ctx.sink)(&crate::deploy::Event::Summary {

@@ -78,6 +78,8 @@ impl Connector for SshConnector {
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     Changed,
+    /// `--dry-run`: this step would change the host (nothing was written).
+    WouldChange,
     Unchanged,
     Ok,
     Skipped,
@@ -133,6 +135,9 @@ pub struct Ctx {
     pub confirm_timeout: Duration,
     /// Secret values for `.env` files (resolved lazily; never logged).
     pub secrets: SecretFn,
+    /// `--dry-run`: connect and compare (remote sha256 of every planned file, the ruleset, `.env`
+    /// files), report what each step would do, and write or run nothing that changes the host.
+    pub dry_run: bool,
 }
 
 #[derive(Default)]
@@ -260,7 +265,7 @@ async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
         };
         match exec_step(ctx, hp, step, tr.as_ref(), &mut st).await {
             Ok((status, detail)) => {
-                if status == StepStatus::Changed {
+                if status == StepStatus::Changed || status == StepStatus::WouldChange {
                     st.changed += 1;
                 }
                 if status == StepStatus::Blocked {
@@ -285,6 +290,15 @@ async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
     }
     Ok(if st.changed == 0 {
         (StepStatus::Unchanged, 0, "no changes".into())
+    } else if ctx.dry_run {
+        (
+            StepStatus::WouldChange,
+            st.changed,
+            format!(
+                "dry-run: {} step(s) would change the host; nothing was written",
+                st.changed
+            ),
+        )
     } else {
         (
             StepStatus::Changed,
@@ -390,6 +404,32 @@ async fn upload_if_changed(
     Ok(changed)
 }
 
+/// The stack a planned file set belongs to (`stacks/<stack>/…`).
+fn stack_of(files: &[String]) -> Option<String> {
+    files
+        .iter()
+        .find_map(|f| f.strip_prefix("stacks/"))
+        .and_then(|r| r.split('/').next())
+        .map(|s| s.to_string())
+}
+
+/// The remote paths of `items` whose content differs from (or is missing on) the host.
+async fn differing(
+    t: &dyn Transport,
+    step: &str,
+    items: &[(String, Vec<u8>)],
+) -> Result<Vec<String>> {
+    let paths: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+    let have = remote_hashes(t, step, &paths).await?;
+    Ok(items
+        .iter()
+        .filter(|(p, b)| {
+            have.get(p).cloned().flatten().as_deref() != Some(transport::sha256_hex(b).as_str())
+        })
+        .map(|(p, _)| p.clone())
+        .collect())
+}
+
 async fn exec_step(
     ctx: &Ctx,
     hp: &HostPlan,
@@ -419,6 +459,25 @@ async fn exec_step(
                     }
                 }
             }
+            if ctx.dry_run {
+                let differ = differing(t, id, &items).await?;
+                if differ.is_empty() {
+                    return Ok((
+                        StepStatus::Unchanged,
+                        format!("{} file(s) already up to date", items.len()),
+                    ));
+                }
+                if is_sshd {
+                    st.sshd_prev.retain(|p, _| differ.contains(p));
+                }
+                if let Some(s) = stack_of(files) {
+                    st.changed_stacks.insert(s);
+                }
+                return Ok((
+                    StepStatus::WouldChange,
+                    format!("would upload {}", differ.join(", ")),
+                ));
+            }
             let changed = upload_if_changed(t, id, &items, mode).await?;
             if is_sshd {
                 st.sshd_prev.retain(|p, _| changed.contains(p));
@@ -429,12 +488,8 @@ async fn exec_step(
                     format!("{} file(s) already up to date", items.len()),
                 )
             } else {
-                if let Some(s) = files
-                    .iter()
-                    .find_map(|f| f.strip_prefix("stacks/"))
-                    .and_then(|r| r.split('/').next())
-                {
-                    st.changed_stacks.insert(s.to_string());
+                if let Some(s) = stack_of(files) {
+                    st.changed_stacks.insert(s);
                 }
                 (
                     StepStatus::Changed,
@@ -444,6 +499,18 @@ async fn exec_step(
         }
         Action::UploadEnv { stack, dest } => {
             let bytes = env_file(ctx, stack)?;
+            if ctx.dry_run {
+                // Compared by hash only: neither the values nor the remote file are shown.
+                let differ = differing(t, id, &[(dest.clone(), bytes)]).await?;
+                if differ.is_empty() {
+                    return Ok((StepStatus::Unchanged, format!("{dest} up to date")));
+                }
+                st.changed_stacks.insert(stack.clone());
+                return Ok((
+                    StepStatus::WouldChange,
+                    format!("would rewrite {dest} (0600, values from the secrets store)"),
+                ));
+            }
             let changed = upload_if_changed(t, id, &[(dest.clone(), bytes)], 0o600).await?;
             if changed.is_empty() {
                 (StepStatus::Unchanged, format!("{dest} up to date"))
@@ -452,6 +519,27 @@ async fn exec_step(
                 (
                     StepStatus::Changed,
                     format!("wrote {dest} (0600, values from the secrets store)"),
+                )
+            }
+        }
+        Action::SshdValidate if ctx.dry_run => (
+            StepStatus::Skipped,
+            if st.sshd_prev.is_empty() {
+                "dry-run: the drop-in is unchanged, nothing to validate".into()
+            } else {
+                "dry-run: would run `sshd -t` on the new drop-in (and restore the old one if it fails)".into()
+            },
+        ),
+        Action::SshdReload if ctx.dry_run => {
+            if st.sshd_prev.is_empty() {
+                (
+                    StepStatus::Unchanged,
+                    "sshd config unchanged, no reload".into(),
+                )
+            } else {
+                (
+                    StepStatus::WouldChange,
+                    "would reload sshd, then prove a fresh login".into(),
                 )
             }
         }
@@ -511,6 +599,11 @@ async fn exec_step(
             let have = remote_hashes(t, id, &[target.to_string()]).await?;
             if have.get(target).cloned().flatten() == Some(transport::sha256_hex(&bytes)) {
                 (StepStatus::Unchanged, format!("{target} up to date"))
+            } else if ctx.dry_run {
+                (
+                    StepStatus::WouldChange,
+                    format!("would replace {target} (checked with `nft -c` first) and load it with nft -f"),
+                )
             } else {
                 let prev = read_remote(t, id, target).await?;
                 let staged = "/etc/nftables.conf.labforge-new";
@@ -555,6 +648,11 @@ async fn exec_step(
                     StepStatus::Unchanged,
                     format!("stack {stack} unchanged, not restarted"),
                 )
+            } else if ctx.dry_run {
+                (
+                    StepStatus::WouldChange,
+                    format!("would run docker compose up -d in {dir}"),
+                )
             } else {
                 let host_env = format!("hosts/{}.env", hp.name);
                 let cmd = t.privileged(&format!(
@@ -578,6 +676,14 @@ async fn exec_step(
             let (status, _) = crate::gate::status(&ctx.spec, &ctx.root, g)?;
             if status == crate::gate::Status::Confirmed {
                 (StepStatus::Ok, format!("gate {gate} signed off"))
+            } else if ctx.dry_run {
+                (
+                    StepStatus::Blocked,
+                    format!(
+                        "operator gate `{gate}` ({}) is {status:?}: a deploy would stop here and show its evidence",
+                        g.title
+                    ),
+                )
             } else {
                 // Evidence is shown to the operator, never judged: labforge does not confirm gates.
                 let mut ev = String::new();
@@ -599,6 +705,13 @@ async fn exec_step(
                 )
             }
         }
+        Action::Verify if ctx.dry_run => (
+            StepStatus::Skipped,
+            format!(
+                "dry-run: verify runs after the changes; `labforge verify {}` checks the host as it is now",
+                hp.name
+            ),
+        ),
         Action::Verify => {
             let r = ctx.connector.verify(&ctx.spec, &hp.name).await;
             let fails = r.failing();

@@ -72,6 +72,23 @@ pub async fn switch(
             hp.name
         );
     }
+    if ctx.dry_run {
+        let differ = super::differing(t, id, &items).await?;
+        return Ok((
+            StepStatus::WouldChange,
+            if differ.is_empty() {
+                format!(
+                    "the flake on the host is current; would still run nixos-rebuild switch (the build decides whether the system changes), confirm on a fresh connection or roll back"
+                )
+            } else {
+                format!(
+                    "would upload {} file(s) of the flake ({}), run nixos-rebuild switch, confirm on a fresh connection or roll back",
+                    differ.len(),
+                    differ.join(", ")
+                )
+            },
+        ));
+    }
     let up = super::upload_if_changed(t, id, &items, 0o644).await?;
     let current = t
         .run(

@@ -77,9 +77,7 @@ pub async fn switch(
         return Ok((
             StepStatus::WouldChange,
             if differ.is_empty() {
-                format!(
-                    "the flake on the host is current; would still run nixos-rebuild switch (the build decides whether the system changes), confirm on a fresh connection or roll back"
-                )
+                "the flake on the host is current; would still run nixos-rebuild switch (the build decides whether the system changes), confirm on a fresh connection or roll back".to_string()
             } else {
                 format!(
                     "would upload {} file(s) of the flake ({}), run nixos-rebuild switch, confirm on a fresh connection or roll back",

@@ -151,6 +151,7 @@ fn helper_deploy_nixos() {
         },
         tofu: vec![],
         probe_timeout: std::time::Duration::from_secs(2),
+        per_host_user: false,
     });
     let ctx = Arc::new(labforge::deploy::Ctx {
         spec: spec.clone(),

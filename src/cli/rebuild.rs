@@ -288,6 +288,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         opts: opts.clone(),
         tofu: Vec::new(),
         probe_timeout: Duration::from_secs(2),
+        per_host_user: false,
     });
     let ctx = Arc::new(crate::deploy::Ctx {
         spec: spec.clone(),

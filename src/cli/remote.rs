@@ -123,6 +123,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 opts,
                 tofu: ssh.trust_on_first_use.clone(),
                 probe_timeout: Duration::from_secs(2),
+                per_host_user: ssh.user.is_none(),
             });
             let ctx = Arc::new(crate::deploy::Ctx {
                 spec: spec.clone(),

@@ -31,12 +31,20 @@ pub struct SshConnector {
     pub opts: crate::transport::ssh::SshOptions,
     pub tofu: Vec<String>,
     pub probe_timeout: Duration,
+    /// Log in as each host's first admin (else the site's first admin) instead of `opts.user`
+    /// (the operator passed no `--user`).
+    pub per_host_user: bool,
 }
 
 impl SshConnector {
     fn opts_for(&self, host: &str) -> crate::transport::ssh::SshOptions {
         let mut o = self.opts.clone();
         o.trust_on_first_use = self.tofu.iter().any(|h| h == host);
+        if self.per_host_user {
+            if let Some(u) = self.spec.hosts.get(host).and_then(|h| h.admins.first()) {
+                o.user = u.clone();
+            }
+        }
         o
     }
 }

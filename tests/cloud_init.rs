@@ -184,6 +184,31 @@ fn prometheus_user_data_carries_seed_000() {
         runcmd.contains("/opt/labforge/stacks/portainer-agent"),
         "{runcmd}"
     );
+    // nfs-common's rpcbind would listen on 0.0.0.0:111; both mounts are NFSv4, so it is masked.
+    assert!(
+        runcmd.contains(r#"["systemctl","mask","--now","rpcbind.socket","rpcbind.service"]"#),
+        "{runcmd}"
+    );
+}
+
+#[test]
+fn rpcbind_stays_when_an_nfs_mount_may_negotiate_v3() {
+    let t = common::example_lab();
+    let p = t.path().join("hosts/prometheus.toml");
+    let text = read(&p);
+    let edited = text.replace(r#"options = ["nfsvers=4.2", "ro"]"#, r#"options = ["ro"]"#);
+    assert_ne!(edited, text, "the example lab changed: adjust this test");
+    std::fs::write(&p, edited).unwrap();
+    ok(
+        &common::labforge(t.path(), &["secrets", "init"]),
+        "secrets init",
+    );
+    ok(&common::labforge(t.path(), &["render"]), "render");
+    let ud = t.path().join("out/cloud-init/prometheus/user-data");
+    let v = yaml(&read(&ud));
+    let runcmd = serde_json::to_string(&v["runcmd"]).unwrap();
+    assert!(!runcmd.contains("rpcbind"), "{runcmd}");
+    ok(&cloud_init_schema(&ud), "cloud-init schema");
 }
 
 #[test]

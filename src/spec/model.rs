@@ -295,6 +295,21 @@ pub struct Host {
 }
 
 impl Host {
+    /// Whether the host can live without rpcbind: every NFS mount is pinned to NFSv4 (`nfsvers=4…` /
+    /// `vers=4…`). An unpinned mount may negotiate NFSv3, which needs the portmapper (and rpc.statd).
+    pub fn nfs_v4_only(&self) -> bool {
+        self.mounts
+            .iter()
+            .filter(|m| m.kind == MountKind::Nfs)
+            .all(|m| {
+                m.options.iter().any(|o| {
+                    o.strip_prefix("nfsvers=")
+                        .or_else(|| o.strip_prefix("vers="))
+                        .is_some_and(|v| v == "4" || v.starts_with("4."))
+                })
+            })
+    }
+
     /// The first interface on a network of the given role.
     pub fn iface_on_role<'a>(&'a self, spec: &'a Spec, role: NetRole) -> Option<&'a Interface> {
         self.interfaces

@@ -14,4 +14,8 @@
     options = [ "nfsvers=4.2" "hard" ];
   };
   boot.supportedFilesystems = [ "nfs" ];
+
+  # Every NFS mount is pinned to NFSv4, which needs no portmapper: rpcbind (enabled by the NFS client
+  # support) would listen on 0.0.0.0:111 (seed 000: services bind to the SERVERS network only).
+  services.rpcbind.enable = lib.mkForce false;
 }

@@ -522,21 +522,6 @@ struct WriteFile {
     content: String,
 }
 
-/// Whether the host can live without rpcbind: every NFS mount is pinned to NFSv4 (`nfsvers=4…` /
-/// `vers=4…`). An unpinned mount may negotiate NFSv3, which needs the portmapper (and rpc.statd).
-pub fn rpcbind_unneeded(h: &Host) -> bool {
-    h.mounts
-        .iter()
-        .filter(|m| m.kind == MountKind::Nfs)
-        .all(|m| {
-            m.options.iter().any(|o| {
-                o.strip_prefix("nfsvers=")
-                    .or_else(|| o.strip_prefix("vers="))
-                    .is_some_and(|v| v == "4" || v.starts_with("4."))
-            })
-        })
-}
-
 /// Packages of the host plus what the seed itself needs.
 fn packages(spec: &Spec, h: &Host) -> Vec<String> {
     let mut p: BTreeSet<String> = h.packages.iter().cloned().collect();
@@ -737,7 +722,7 @@ fn user_data(
             "sshd -t && systemctl daemon-reload && if systemctl is-enabled --quiet ssh.socket 2>/dev/null; then systemctl restart ssh.socket; else systemctl reload-or-restart ssh.service; fi".into(),
         ],
     ];
-    if rpcbind_unneeded(h) && packages(spec, h).iter().any(|p| p == "nfs-common") {
+    if h.nfs_v4_only() && packages(spec, h).iter().any(|p| p == "nfs-common") {
         // nfs-common pulls in rpcbind, which listens on 0.0.0.0:111 / [::]:111 (seed 000: services bind
         // to the SERVERS network only; verify's `listen.no-wildcard`). NFSv4 needs no portmapper, so with
         // every NFS mount pinned to v4 it is masked (runcmd runs after the packages are installed).

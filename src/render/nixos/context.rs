@@ -474,6 +474,10 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
             MountKind::Smb => "cifs",
         }).collect()),
         "exports": exports,
+        // An NFS server keeps rpcbind (nfsd.nix enables it); a client whose NFS mounts are all v4 drops it.
+        "rpcbind_off": h.exports.is_empty()
+            && h.mounts.iter().any(|m| m.kind == MountKind::Nfs)
+            && h.nfs_v4_only(),
         "stacks": stacks,
         "docker": !h.stacks.is_empty(),
         "virtualisation": virt,

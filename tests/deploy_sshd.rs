@@ -176,6 +176,36 @@ fn deploy_blocks_on_gate_then_converges_and_a_second_run_changes_nothing() {
         "compose must not run for an unchanged stack"
     );
     assert!(!text(&o).contains(&canary));
+    // on a terminal the same run is shown as one progress bar per host (a view over the same events)
+    let o = std::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "ip netns exec {} {} deploy d1 --identity {key}",
+            lab.ctl,
+            env!("CARGO_BIN_EXE_labforge")
+        ))
+        .arg("/dev/null")
+        .current_dir(lab.dir.path())
+        .env("LABFORGE_AGE_IDENTITY", &lab.identity)
+        .env_remove("SSH_AUTH_SOCK")
+        .env("COLUMNS", "160")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{tty}");
+    let spec = lab.spec();
+    let plan = labforge::plan::plan(&spec, &[&spec.hosts["d1"]]);
+    let n = plan.hosts[0].deploy.len();
+    assert!(
+        tty.contains(&format!("] {n}/{n} "))
+            && tty.contains("Unchanged")
+            && tty.contains("no changes"),
+        "no progress bar on a terminal:\n{tty}"
+    );
+    assert!(
+        !tty.contains("[d1] "),
+        "plain log lines on a terminal:\n{tty}"
+    );
     // and a dry-run agrees: nothing would change, exit 0
     let o = lab.labforge(&["deploy", "d1", "--identity", &key, "--json", "--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

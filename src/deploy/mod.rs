@@ -775,6 +775,9 @@ pub fn summary_table(s: &[HostSummary]) -> String {
 
 /// A sink that prints human progress to stderr, or JSON lines to stdout.
 pub fn sink(json: bool) -> Sink {
+    if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return progress_sink();
+    }
     let lock = Arc::new(Mutex::new(()));
     Arc::new(move |e: &Event| {
         let _g = lock.lock();
@@ -796,6 +799,50 @@ pub fn sink(json: bool) -> Sink {
                 Event::HostDone { host, status, .. } => eprintln!("[{host}] done: {status:?}"),
                 Event::Summary { .. } => {}
             }
+        }
+    })
+}
+
+/// On a terminal: one progress bar per host (steps done of the plan's steps, the current step), a view
+/// over the same events the log and `--json` print. Failures and gate blocks are printed above the bars
+/// in full, since a bar's message is cut to the terminal width.
+fn progress_sink() -> Sink {
+    let mp = indicatif::MultiProgress::new();
+    let bars: Arc<Mutex<BTreeMap<String, indicatif::ProgressBar>>> = Default::default();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>12.bold} [{bar:20}] {pos}/{len} {wide_msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    Arc::new(move |e: &Event| {
+        let Ok(mut bars) = bars.lock() else { return };
+        match e {
+            Event::HostStart { host, steps } => {
+                let pb = mp.add(indicatif::ProgressBar::new(*steps as u64));
+                pb.set_style(style.clone());
+                pb.set_prefix(host.clone());
+                bars.insert(host.clone(), pb);
+            }
+            Event::Step {
+                host,
+                step,
+                status,
+                detail,
+            } => {
+                if let Some(pb) = bars.get(host) {
+                    pb.inc(1);
+                    pb.set_message(format!("{step}: {status:?}"));
+                }
+                if matches!(status, StepStatus::Failed | StepStatus::Blocked) {
+                    let _ = mp.println(format!("[{host}] {step}: {status:?} — {detail}"));
+                }
+            }
+            Event::HostDone { host, status, .. } => {
+                if let Some(pb) = bars.get(host) {
+                    pb.finish_with_message(format!("{status:?}"));
+                }
+            }
+            Event::Summary { .. } => {}
         }
     })
 }

@@ -388,7 +388,7 @@ fn ceres_arm64_image_is_built_and_its_root_boots_under_qemu_virt_to_a_verified_h
         let o = t
             .run(
                 "facts",
-                "uname -m; findmnt -no SOURCE,FSTYPE /; findmnt -no SOURCE,FSTYPE /boot/firmware; blkid -s PARTUUID -o value \"$(findmnt -no SOURCE /)\"; sudo -n cloud-init status --long | grep -i detail -A1 | tr -s ' \\n' ' '; echo; test -s /etc/machine-id && echo machine-id-set; ls /etc/ssh/ | grep -c '^ssh_host_ed25519_key'",
+                "uname -m; findmnt -no SOURCE,FSTYPE /; findmnt -no SOURCE,FSTYPE /boot/firmware; sudo -n blkid -s PARTUUID -o value \"$(findmnt -no SOURCE /)\"; sudo -n cloud-init status --long | grep -i detail -A1 | tr -s ' \\n' ' '; echo; test -s /etc/machine-id && echo machine-id-set; ls /etc/ssh/ | grep -cx ssh_host_ed25519_key",
             )
             .await
             .unwrap();

@@ -864,7 +864,9 @@ fn assemble_rpi(inp: &DebianInput, p: Prepared) -> Result<Built> {
         tmp.path(),
         fw_at,
         fw_size,
-        "system-boot",
+        // Upper case: mformat writes the label as given into the boot sector but upper-cased into the root
+        // directory, and fsck.fat flags the two differing. cloud-init tries the label in both cases.
+        "SYSTEM-BOOT",
         &fat_serial,
         &fwdir,
         "the firmware partition",

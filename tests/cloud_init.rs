@@ -120,7 +120,7 @@ fn user_data_passes_cloud_init_schema_for_every_host() {
         // vulcan and ceres (Debian 12) run no stacks: no Docker.
         assert!(
             pk.contains(&"nftables")
-                && (pk.contains(&"docker.io") == !["vulcan", "ceres"].contains(h)),
+                && (pk.contains(&"docker.io") != ["vulcan", "ceres"].contains(h)),
             "{h}: {pk:?}"
         );
         // Sensitive: mode 0600.

@@ -7,7 +7,7 @@ use common::{labforge, labforge_env, stderr, stdout};
 fn check_on_the_example_lab_exits_0() {
     let o = labforge(&common::repo(), &["check"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("ok: 12 hosts"), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("ok: 13 hosts"), "{}", stdout(&o));
 }
 
 #[test]
@@ -82,6 +82,7 @@ fn plan_json_covers_every_host_and_is_deterministic() {
         hosts,
         [
             "atlas",
+            "ceres",
             "domum-cp1",
             "domum-cp2",
             "domum-cp3",

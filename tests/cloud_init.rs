@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const CLOUD_INIT_HOSTS: &[&str] = &["forge", "iris", "platform", "prometheus", "vulcan"];
+const CLOUD_INIT_HOSTS: &[&str] = &["ceres", "forge", "iris", "platform", "prometheus", "vulcan"];
 
 fn ok(o: &std::process::Output, what: &str) {
     assert!(
@@ -117,9 +117,10 @@ fn user_data_passes_cloud_init_schema_for_every_host() {
             .iter()
             .map(|p| p.as_str().unwrap())
             .collect();
-        // vulcan (Debian 12) runs no stacks: no Docker.
+        // vulcan and ceres (Debian 12) run no stacks: no Docker.
         assert!(
-            pk.contains(&"nftables") && (pk.contains(&"docker.io") == (*h != "vulcan")),
+            pk.contains(&"nftables")
+                && (pk.contains(&"docker.io") != ["vulcan", "ceres"].contains(h)),
             "{h}: {pk:?}"
         );
         // Sensitive: mode 0600.
@@ -360,6 +361,7 @@ fn sshd_test(dir: &Path, dropin: &str) -> std::process::Output {
 fn sshd_dropin_passes_sshd_t_and_is_hardened() {
     let t = rendered_lab();
     let mgmt: BTreeMap<&str, &str> = [
+        ("ceres", "10.99.0.71"),
         ("forge", "10.99.0.40"),
         ("iris", "10.99.0.53"),
         ("platform", "10.99.0.30"),

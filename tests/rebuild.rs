@@ -17,9 +17,10 @@ fn spec_with(extra: &[(&str, &str)]) -> labforge::spec::Spec {
 #[test]
 fn example_lab_disposable_hosts_lose_nothing_and_the_others_are_refused() {
     let s = spec_with(&[]);
-    // prometheus: disposable, persistent paths on Atlas's NFS exports; vulcan: nothing persistent.
+    // prometheus: disposable, persistent paths on Atlas's NFS exports; vulcan, ceres: nothing persistent.
     assert!(would_lose(&s, &s.hosts["prometheus"]).is_empty());
     assert!(would_lose(&s, &s.hosts["vulcan"]).is_empty());
+    assert!(would_lose(&s, &s.hosts["ceres"]).is_empty());
     let hermes = would_lose(&s, &s.hosts["hermes"]);
     assert_eq!(hermes.len(), 1, "{hermes:?}");
     assert!(hermes[0].contains("not disposable"));

@@ -215,8 +215,13 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                     t,
                     true,
                     format!(
-                        "qemu pid {} (TCG, OVMF, user networking restricted), SSH {} → {}",
+                        "qemu pid {} ({}, user networking restricted), SSH {} → {}",
                         g.pid().unwrap_or(0),
+                        match h.arch {
+                            crate::spec::model::Arch::X86_64 => "TCG, q35, OVMF",
+                            crate::spec::model::Arch::Aarch64 =>
+                                "TCG, virt, Cortex-A72, the firmware partition's kernel",
+                        },
                         g.ssh,
                         g.ssh_guest
                     ),

@@ -1,4 +1,4 @@
-//! Debian images built from packages: mmdebstrap (root mode) makes the root file system as a tarball,
+//! Debian images built from packages: mmdebstrap (unshare mode) makes the root file system as a tarball,
 //! cached under `out/cache/rootfs/` by (suite, architecture, sorted package set, mmdebstrap options); the
 //! image is assembled without loop mounts or root-only mounts:
 //!
@@ -7,6 +7,10 @@
 //!   `EFI/BOOT/BOOTX64.EFI`, `loader/loader.conf`, one boot entry, the kernel and initrd from the root file
 //!   system), an ext4 root made by `mkfs.ext4 -d DIR`, and a `CIDATA` FAT with the host's cloud-init seed;
 //!   every file system is made in place at its partition's offset in the image.
+//! * aarch64 Raspberry Pi (`rpi-firmware+ext4`): an MBR with a FAT32 firmware partition labelled
+//!   `system-boot` (raspi-firmware's /boot/firmware: GPU firmware, config.txt, cmdline.txt, device trees,
+//!   kernel, initrd; plus the host's cloud-init seed) and the ext4 root. On an x86_64 machine the arm64
+//!   maintainer scripts run under binfmt_misc + qemu-user ([`strategy`]).
 //!
 //! The image carries no SSH host keys (the seed brings the host's pinned key) and an empty /etc/machine-id
 //! (systemd makes one on first boot).
@@ -104,7 +108,9 @@ impl Recipe {
             "main"
         };
         let options = vec![
-            "--mode=root".to_string(),
+            // As root, unshare mode still runs in its own mount (and pid) namespace: the mounts inside the
+            // chroot (/proc, /sys, /dev) vanish with it, even if the build is interrupted.
+            "--mode=unshare".to_string(),
             "--variant=apt".to_string(),
             format!("--arch={deb_arch}"),
             format!("--components={components}"),
@@ -317,14 +323,98 @@ pub fn cmdline(root_partuuid: &str) -> String {
     format!("root=PARTUUID={root_partuuid} rw rootwait console=tty0 console=ttyS0,115200")
 }
 
-/// Build HOST's Debian image; the flag says whether the root file system came from the cache.
-pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
-    if inp.arch != Arch::X86_64 || inp.board.is_rpi() {
+/// The Debian architecture of the machine labforge runs on.
+pub fn native_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The ELF magic (and its binfmt_misc text form) of the foreign architectures labforge builds for.
+fn elf_magic(deb_arch: &str) -> Option<(&'static str, &'static str)> {
+    match deb_arch {
+        "arm64" => Some(("aarch64", "7f454c460201010000000000000000000200b700")),
+        "amd64" => Some(("x86_64", "7f454c4602010100000000000000000002003e00")),
+        _ => None,
+    }
+}
+
+/// How the root file system's maintainer scripts run: `native`, or `emulated` (binfmt_misc + qemu-user)
+/// when the image's architecture is not this machine's. Fails with what to install when emulation is
+/// missing: the handler must be enabled and have the F flag (the interpreter is opened at registration,
+/// so it works inside the chroot without being copied there).
+pub fn strategy(deb_arch: &str) -> Result<&'static str> {
+    strategy_in(deb_arch, Path::new("/proc/sys/fs/binfmt_misc"))
+}
+
+fn strategy_in(deb_arch: &str, binfmt: &Path) -> Result<&'static str> {
+    if deb_arch == native_arch() {
+        return Ok("native");
+    }
+    let Some((cpu, magic)) = elf_magic(deb_arch) else {
+        bail!("labforge does not build {deb_arch} root file systems");
+    };
+    let fix = format!(
+        "apt-get install -t bookworm-backports qemu-user qemu-user-binfmt, then (without systemd-binfmt) `cat /usr/lib/binfmt.d/qemu-{cpu}.conf > /proc/sys/fs/binfmt_misc/register`; scripts/install-test-deps.sh does both"
+    );
+    if !binfmt.join("register").exists() {
         bail!(
-            "host `{}`: building the Raspberry Pi (aarch64) Debian image needs foreign-architecture maintainer scripts (binfmt_misc + qemu-user-static) or an arm64 machine; this labforge builds x86_64 UEFI Debian images only (see docs/rebuild.md)",
-            inp.host
+            "building a {deb_arch} root file system on this {} machine runs {cpu} maintainer scripts under emulation, but binfmt_misc is not mounted at {}: `mount -t binfmt_misc binfmt_misc {}`, then {fix}",
+            std::env::consts::ARCH,
+            binfmt.display(),
+            binfmt.display()
         );
     }
+    let mut disabled = None;
+    for e in std::fs::read_dir(binfmt)
+        .with_context(|| format!("reading {}", binfmt.display()))?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if !text.lines().any(|l| l.trim() == format!("magic {magic}")) {
+            continue;
+        }
+        let enabled = text.lines().next().map(str::trim) == Some("enabled");
+        let flags = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flags: "))
+            .unwrap_or("");
+        if enabled && flags.contains('F') {
+            return Ok("emulated");
+        }
+        disabled = Some(format!(
+            "{} ({}, flags `{flags}`)",
+            e.path().display(),
+            if enabled { "enabled" } else { "disabled" }
+        ));
+    }
+    match disabled {
+        Some(d) => bail!(
+            "the binfmt_misc handler for {cpu} at {d} cannot run maintainer scripts inside the chroot: it must be enabled and registered with the F flag; {fix}"
+        ),
+        None => bail!(
+            "building a {deb_arch} root file system on this {} machine runs {cpu} maintainer scripts under emulation, and no binfmt_misc handler for {cpu} ELF binaries is registered: {fix}",
+            std::env::consts::ARCH
+        ),
+    }
+}
+
+/// Unpacked root file system, its tarball's hash and the recipe; shared by both layouts.
+struct Prepared {
+    recipe: Recipe,
+    tar_sha: String,
+    work: tempfile::TempDir,
+    root: PathBuf,
+    outdir: PathBuf,
+    strategy: &'static str,
+}
+
+/// Build HOST's Debian image; the flag says whether the root file system came from the cache.
+pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
     for (t, p) in [
         ("mkfs.ext4", "e2fsprogs"),
         ("mformat", "mtools"),
@@ -334,12 +424,13 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
         need(t, p)?;
     }
     let recipe = Recipe::new(inp.suite, inp.arch, inp.board, inp.packages)?;
+    let strategy = strategy(&recipe.arch)
+        .with_context(|| format!("host `{}` ({} image)", inp.host, recipe.arch))?;
     let (tarball, cached) = rootfs(&recipe, &inp.cache, inp.progress)?;
     let tar_sha = {
         let f = File::open(&tarball)?;
         super::hash_file(&f, false, "hash")?
     };
-
     let outdir = inp
         .out
         .parent()
@@ -360,7 +451,44 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
             .arg(&root),
         "tar (unpacking the root file system)",
     )?;
+    let p = Prepared {
+        recipe,
+        tar_sha,
+        work,
+        root,
+        outdir,
+        strategy,
+    };
+    let built = if inp.board.is_rpi() {
+        assemble_rpi(inp, p)?
+    } else {
+        assemble_uefi(inp, p)?
+    };
+    Ok((built, cached))
+}
 
+fn build_inputs(p: &Prepared, layout: &str) -> BTreeMap<String, String> {
+    let mut inputs = BTreeMap::new();
+    inputs.insert("suite".into(), p.recipe.suite.clone());
+    inputs.insert("arch".into(), p.recipe.arch.clone());
+    inputs.insert("packages".into(), p.recipe.packages.join(","));
+    inputs.insert("options".into(), p.recipe.options.join(" "));
+    inputs.insert("cache-key".into(), p.recipe.key());
+    inputs.insert("rootfs-sha256".into(), p.tar_sha.clone());
+    inputs.insert("layout".into(), layout.into());
+    inputs.insert("strategy".into(), p.strategy.into());
+    inputs
+}
+
+/// x86_64: GPT with an ESP (systemd-boot), the ext4 root and a CIDATA seed partition.
+fn assemble_uefi(inp: &DebianInput, p: Prepared) -> Result<Built> {
+    let Prepared {
+        ref root,
+        ref tar_sha,
+        ref work,
+        ref outdir,
+        ..
+    } = p;
     // Per-host identifiers, derived so the same inputs give the same layout.
     let id = |what: &str| gpt::derived_guid(&format!("labforge {what}\0{}\0{tar_sha}", inp.host));
     let (esp_uuid, root_uuid, cidata_uuid, disk_uuid, fs_uuid) =
@@ -379,7 +507,7 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
     )?;
 
     // ESP: systemd-boot, the kernel and initrd.
-    let (kernel, initrd) = kernel_files(&root)?;
+    let (kernel, initrd) = kernel_files(root)?;
     let loader = root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     if !loader.is_file() {
         bail!("the root file system has no systemd-boot EFI binary (systemd-boot-efi)");
@@ -405,8 +533,7 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
         ),
     )?;
     let esp_size = ((dir_size(&espdir) * 5 / 4 + (16 << 20)).max(64 << 20)).div_ceil(1 << 20) << 20;
-    let used = dir_size(&root);
-    let root_size = ((used * 3 / 2 + (768 << 20)).div_ceil(1 << 20)) << 20;
+    let root_size = root_size(root);
 
     // The disk: the GPT first, then each file system made in place at its partition's offset (mtools
     // `IMAGE@@OFFSET`, `mkfs.ext4 -E offset=`): no intermediate partition files, no copies.
@@ -435,47 +562,28 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
     let (total, placed) = gpt::layout(&parts);
     let tmp = tempfile::Builder::new()
         .prefix(".labforge-image-")
-        .tempfile_in(&outdir)?;
+        .tempfile_in(outdir)?;
     let f = tmp.as_file();
     f.set_len(total)?;
     gpt::write(f, total, &parts, &placed, &disk_uuid)?;
     f.sync_all()?;
 
     // ESP: FAT32 by mformat, filled by mcopy.
-    let esp_at = format!("{}@@{}", tmp.path().display(), placed[0].offset());
-    let serial = &esp_uuid[..8];
-    run(
-        Command::new("mformat")
-            .arg("-i")
-            .arg(&esp_at)
-            .args(["-F", "-v", "ESP", "-N", serial])
-            .arg("-T")
-            .arg((placed[0].len() / 512).to_string())
-            .args(["-h", "64", "-s", "32", "::"]),
-        "mformat (the EFI system partition)",
+    make_fat(
+        tmp.path(),
+        placed[0].offset(),
+        placed[0].len(),
+        "ESP",
+        &esp_uuid[..8],
+        &espdir,
+        "the EFI system partition",
     )?;
-    let mut mc = Command::new("mcopy");
-    mc.arg("-i").arg(&esp_at).args(["-s", "-Q", "-m"]);
-    for e in std::fs::read_dir(&espdir)? {
-        mc.arg(e?.path());
-    }
-    mc.arg("::/");
-    run(&mut mc, "mcopy (filling the EFI system partition)")?;
-
-    // Root: ext4 made from the directory, in place.
-    run(
-        Command::new("mkfs.ext4")
-            .args(["-F", "-q", "-L", "root", "-U", &fs_uuid, "-E"])
-            .arg(format!(
-                "offset={},root_owner=0:0,nodiscard",
-                placed[1].offset()
-            ))
-            .arg("-d")
-            .arg(&root)
-            .arg(tmp.path())
-            .arg(format!("{}k", placed[1].len() / 1024))
-            .env("E2FSPROGS_FAKE_TIME", "315532800"),
-        "mkfs.ext4 -d (the root file system)",
+    make_ext4(
+        tmp.path(),
+        placed[1].offset(),
+        placed[1].len(),
+        &fs_uuid,
+        root,
     )?;
     if f.metadata()?.len() != total {
         bail!("mkfs.ext4 changed the image size (expected {total} bytes)");
@@ -484,16 +592,8 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
     let vol = u32::from_str_radix(&id("cidata-vol")[..8], 16).unwrap_or(0);
     super::format_cidata(f, c.offset(), c.len(), c.start_lba as u32, &inp.seed, vol)
         .with_context(|| format!("writing the cloud-init seed for {}", inp.host))?;
-    drop(work);
 
-    let mut inputs = BTreeMap::new();
-    inputs.insert("suite".into(), recipe.suite.clone());
-    inputs.insert("arch".into(), recipe.arch.clone());
-    inputs.insert("packages".into(), recipe.packages.join(","));
-    inputs.insert("options".into(), recipe.options.join(" "));
-    inputs.insert("cache-key".into(), recipe.key());
-    inputs.insert("rootfs-sha256".into(), tar_sha);
-    inputs.insert("layout".into(), "gpt-esp-systemd-boot+ext4".into());
+    let mut inputs = build_inputs(&p, "gpt-esp-systemd-boot+ext4");
     inputs.insert("root-partuuid".into(), root_uuid);
     let seed = SeedRef {
         method: super::decl::SeedMethod::Cidata,
@@ -502,7 +602,8 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
         grew_from: None,
         files: super::seed_files(&inp.seed),
     };
-    let built = super::publish(
+    drop(p);
+    super::publish(
         tmp,
         &inp.out,
         inp.host,
@@ -514,6 +615,399 @@ pub fn build(inp: &DebianInput) -> Result<(Built, bool)> {
         }),
         Some(seed),
         inp.progress,
+    )
+}
+
+/// The root partition's size for the unpacked tree: half as much again plus 768 MiB of room.
+fn root_size(root: &Path) -> u64 {
+    let used = dir_size(root);
+    (used * 3 / 2 + (768 << 20)).div_ceil(1 << 20) << 20
+}
+
+/// A FAT32 file system made by `mformat` at `offset` of `image`, filled from `dir` by `mcopy`.
+fn make_fat(
+    image: &Path,
+    offset: u64,
+    len: u64,
+    label: &str,
+    serial: &str,
+    dir: &Path,
+    what: &str,
+) -> Result<()> {
+    let at = format!("{}@@{offset}", image.display());
+    run(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(&at)
+            .args(["-F", "-v", label, "-N", serial])
+            .arg("-T")
+            .arg((len / 512).to_string())
+            .args(["-h", "64", "-s", "32", "::"]),
+        &format!("mformat ({what})"),
     )?;
-    Ok((built, cached))
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    entries.sort();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut mc = Command::new("mcopy");
+    mc.arg("-i").arg(&at).args(["-s", "-Q", "-m"]);
+    mc.args(&entries);
+    mc.arg("::/");
+    run(&mut mc, &format!("mcopy (filling {what})"))
+}
+
+/// The ext4 root made from `root` by `mkfs.ext4 -d`, in place at `offset` of `image`.
+fn make_ext4(image: &Path, offset: u64, len: u64, fs_uuid: &str, root: &Path) -> Result<()> {
+    run(
+        Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-L", "root", "-U", fs_uuid, "-E"])
+            .arg(format!("offset={offset},root_owner=0:0,nodiscard"))
+            .arg("-d")
+            .arg(root)
+            .arg(image)
+            .arg(format!("{}k", len / 1024))
+            .env("E2FSPROGS_FAKE_TIME", "315532800"),
+        "mkfs.ext4 -d (the root file system)",
+    )
+}
+
+/// The device tree the board's firmware loads (raspi-firmware copies it from the kernel package).
+fn rpi_dtb(board: Board) -> &'static str {
+    match board {
+        Board::Rpi5 => "bcm2712-rpi-5-b.dtb",
+        _ => "bcm2711-rpi-4-b.dtb",
+    }
+}
+
+/// What the Pi firmware loads according to `config.txt`: (`kernel=`, `initramfs` file); the last
+/// setting wins, as in the firmware.
+pub fn rpi_boot_files(config_txt: &str) -> (Option<String>, Option<String>) {
+    let (mut kernel, mut initramfs) = (None, None);
+    for l in config_txt.lines() {
+        let l = l.trim();
+        if l.starts_with('#') || l.starts_with('[') {
+            continue;
+        }
+        if let Some(k) = l.strip_prefix("kernel=") {
+            kernel = Some(k.trim().to_string());
+        } else if let Some(rest) = l.strip_prefix("initramfs ") {
+            initramfs = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    (kernel, initramfs)
+}
+
+/// `cmdline.txt` with its `root=` replaced by `root=PARTUUID=<root>` (added when absent); one line.
+pub fn rpi_cmdline(existing: &str, root_partuuid: &str) -> String {
+    let mut out: Vec<String> = existing
+        .split_whitespace()
+        .filter(|w| !w.starts_with("root="))
+        .map(str::to_string)
+        .collect();
+    out.insert(0, format!("root=PARTUUID={root_partuuid}"));
+    if !out.iter().any(|w| w == "rootwait") {
+        out.push("rootwait".into());
+    }
+    format!("{}\n", out.join(" "))
+}
+
+/// An MBR (DOS) partition table: `(type, first LBA, sectors)` per partition, disk identifier `disk_id`.
+fn write_mbr(f: &File, disk_id: u32, parts: &[(u8, u64, u64)]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    if parts.len() > 4 {
+        bail!("an MBR holds four primary partitions");
+    }
+    let mut s = [0u8; 512];
+    s[440..444].copy_from_slice(&disk_id.to_le_bytes());
+    for (i, &(ty, start, sectors)) in parts.iter().enumerate() {
+        let (Ok(start), Ok(sectors)) = (u32::try_from(start), u32::try_from(sectors)) else {
+            bail!("partition {} does not fit an MBR (beyond 2 TiB)", i + 1);
+        };
+        let e = 446 + i * 16;
+        s[e] = 0x00;
+        // CHS fields: the "beyond CHS" marker; every reader uses the LBA fields.
+        s[e + 1..e + 4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        s[e + 4] = ty;
+        s[e + 5..e + 8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        s[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        s[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
+    }
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    f.write_all_at(&s, 0)?;
+    Ok(())
+}
+
+/// Raspberry Pi: MBR, a FAT32 firmware partition labelled `system-boot` (the Pi firmware, config.txt,
+/// cmdline.txt, the device trees, the kernel and initrd, as raspi-firmware's hooks laid them out in the
+/// root's /boot/firmware, plus the host's cloud-init seed), and the ext4 root.
+fn assemble_rpi(inp: &DebianInput, p: Prepared) -> Result<Built> {
+    let Prepared {
+        ref root,
+        ref tar_sha,
+        ref work,
+        ref outdir,
+        ..
+    } = p;
+    let derive = |what: &str| {
+        lio::sha256_hex(format!("labforge {what}\0{}\0{tar_sha}", inp.host).as_bytes())
+    };
+    // The MBR disk identifier (never 0: some firmware treats 0 as "none"); the partitions' PARTUUIDs
+    // follow from it as `<id>-01`, `<id>-02`.
+    let disk_id = match u32::from_str_radix(&derive("mbr-disk-id")[..8], 16).unwrap_or(1) {
+        0 => 1,
+        n => n,
+    };
+    let fw_part = format!("{disk_id:08x}-01");
+    let root_part = format!("{disk_id:08x}-02");
+    let fs_uuid = gpt::derived_guid(&format!("labforge ext4\0{}\0{tar_sha}", inp.host));
+    let fat_serial = derive("firmware-vol")[..8].to_string();
+
+    // The firmware partition's contents are what raspi-firmware's hooks put under /boot/firmware.
+    let fw_src = root.join("boot/firmware");
+    let need_files = [
+        "config.txt",
+        "cmdline.txt",
+        "start4.elf",
+        "fixup4.dat",
+        rpi_dtb(inp.board),
+    ];
+    for n in need_files {
+        if !fw_src.join(n).is_file() {
+            bail!(
+                "the root file system's /boot/firmware has no {n}: raspi-firmware's hooks did not lay out the Raspberry Pi firmware{}",
+                if inp.board == Board::Rpi5 {
+                    " (Debian 12's kernel 6.1 and raspi-firmware do not support the Raspberry Pi 5)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let config = std::fs::read_to_string(fw_src.join("config.txt"))?;
+    let (kernel, initramfs) = rpi_boot_files(&config);
+    for (what, f) in [("kernel=", &kernel), ("initramfs", &initramfs)] {
+        match f {
+            Some(f) if fw_src.join(f).is_file() => {}
+            Some(f) => bail!("config.txt's {what} names {f}, which is not in /boot/firmware"),
+            None => bail!("config.txt from raspi-firmware has no {what} line"),
+        }
+    }
+    let fwdir = work.path().join("firmware");
+    std::fs::rename(&fw_src, &fwdir).context("moving /boot/firmware out of the root")?;
+    std::fs::create_dir(&fw_src)?;
+    let old = std::fs::read_to_string(fwdir.join("cmdline.txt"))?;
+    std::fs::write(fwdir.join("cmdline.txt"), rpi_cmdline(&old, &root_part))?;
+    super::check_seed(&inp.seed)?;
+    for (name, bytes) in &inp.seed {
+        if fwdir.join(name).exists() {
+            bail!("seed file {name} would overwrite a firmware file of the same name");
+        }
+        std::fs::write(fwdir.join(name), bytes)?;
+    }
+
+    // Host-specific files in the root: fstab; raspi-firmware's own settings, so that a kernel upgrade on the
+    // Pi writes the same root= into cmdline.txt; cloud-init's datasource: NoCloud reading the seed from
+    // the FAT labelled system-boot (the project's Pi convention, as on Ubuntu's Pi images).
+    std::fs::write(
+        root.join("etc/fstab"),
+        format!(
+            "# Generated by labforge for host `{}`.\nPARTUUID={root_part} / ext4 errors=remount-ro 0 1\nPARTUUID={fw_part} /boot/firmware vfat defaults 0 2\n",
+            inp.host
+        ),
+    )?;
+    let dflt = root.join("etc/default/raspi-firmware");
+    let cur = std::fs::read_to_string(&dflt).unwrap_or_default();
+    let mut lines: Vec<String> = cur
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("ROOTPART="))
+        .map(str::to_string)
+        .collect();
+    lines.push("# Set by labforge: the root partition by its MBR PARTUUID.".into());
+    lines.push(format!("ROOTPART=PARTUUID={root_part}"));
+    std::fs::write(&dflt, format!("{}\n", lines.join("\n")))?;
+    let ccd = root.join("etc/cloud/cloud.cfg.d");
+    std::fs::create_dir_all(&ccd)?;
+    std::fs::write(
+        ccd.join("90-labforge.cfg"),
+        "# Generated by labforge: the seed is on the firmware partition (FAT labelled system-boot).\ndatasource_list: [NoCloud, None]\ndatasource:\n  NoCloud:\n    fs_label: system-boot\n",
+    )?;
+
+    let mib = 1u64 << 20;
+    let fw_size = (dir_size(&fwdir) * 5 / 4 + (32 << 20))
+        .max(256 << 20)
+        .div_ceil(mib)
+        * mib;
+    let rsize = root_size(root);
+    // 4 MiB before the first partition (the Pi images' usual alignment, erase-block friendly on SD cards).
+    let fw_at = 4 * mib;
+    let root_at = fw_at + fw_size;
+    let total = root_at + rsize;
+    let tmp = tempfile::Builder::new()
+        .prefix(".labforge-image-")
+        .tempfile_in(outdir)?;
+    let f = tmp.as_file();
+    f.set_len(total)?;
+    write_mbr(
+        f,
+        disk_id,
+        &[
+            (0x0c, fw_at / 512, fw_size / 512),
+            (0x83, root_at / 512, rsize / 512),
+        ],
+    )?;
+    f.sync_all()?;
+    make_fat(
+        tmp.path(),
+        fw_at,
+        fw_size,
+        // Upper case: mformat writes the label as given into the boot sector but upper-cased into the root
+        // directory, and fsck.fat flags the two differing. cloud-init tries the label in both cases.
+        "SYSTEM-BOOT",
+        &fat_serial,
+        &fwdir,
+        "the firmware partition",
+    )?;
+    make_ext4(tmp.path(), root_at, rsize, &fs_uuid, root)?;
+    if f.metadata()?.len() != total {
+        bail!("mkfs.ext4 changed the image size (expected {total} bytes)");
+    }
+
+    let mut inputs = build_inputs(&p, "rpi-firmware+ext4");
+    inputs.insert("root-partuuid".into(), root_part);
+    inputs.insert("board".into(), inp.board.as_str().into());
+    let seed = SeedRef {
+        method: super::decl::SeedMethod::SystemBoot,
+        partition: 1,
+        partition_added: false,
+        grew_from: None,
+        files: super::seed_files(&inp.seed),
+    };
+    drop(p);
+    super::publish(
+        tmp,
+        &inp.out,
+        inp.host,
+        inp.spec_revision,
+        None,
+        Some(BuildRef {
+            kind: "mmdebstrap".into(),
+            inputs,
+        }),
+        Some(seed),
+        inp.progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler(dir: &Path, name: &str, enabled: bool, flags: &str, magic: &str) {
+        std::fs::write(
+            dir.join(name),
+            format!(
+                "{}\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\noffset 0\nmagic {magic}\nmask ffffffffffffff00fffffffffffffffffeffffff\n",
+                if enabled { "enabled" } else { "disabled" }
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn foreign_builds_need_an_enabled_binfmt_handler_with_the_f_flag() {
+        let a64 = "7f454c460201010000000000000000000200b700";
+        let t = tempfile::tempdir().unwrap();
+        let foreign = if native_arch() == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        assert_eq!(strategy_in(native_arch(), t.path()).unwrap(), "native");
+        // binfmt_misc not mounted.
+        let e = format!("{:#}", strategy_in(foreign, t.path()).unwrap_err());
+        assert!(e.contains("binfmt_misc is not mounted"), "{e}");
+        std::fs::write(t.path().join("register"), "").unwrap();
+        std::fs::write(t.path().join("status"), "enabled\n").unwrap();
+        if foreign != "arm64" {
+            return;
+        }
+        // Mounted, nothing for aarch64 (another architecture's handler does not count).
+        handler(t.path(), "python3.11", true, "", "a70d0d0a");
+        let e = format!("{:#}", strategy_in("arm64", t.path()).unwrap_err());
+        assert!(e.contains("no binfmt_misc handler for aarch64"), "{e}");
+        assert!(e.contains("qemu-user-binfmt"), "{e}");
+        // Registered without F: the interpreter is not reachable inside the chroot.
+        handler(t.path(), "qemu-aarch64", true, "OP", a64);
+        let e = format!("{:#}", strategy_in("arm64", t.path()).unwrap_err());
+        assert!(e.contains("F flag"), "{e}");
+        // Disabled.
+        handler(t.path(), "qemu-aarch64", false, "OPF", a64);
+        let e = format!("{:#}", strategy_in("arm64", t.path()).unwrap_err());
+        assert!(e.contains("disabled"), "{e}");
+        handler(t.path(), "qemu-aarch64", true, "POF", a64);
+        assert_eq!(strategy_in("arm64", t.path()).unwrap(), "emulated");
+        assert!(strategy_in("riscv64", t.path()).is_err());
+    }
+
+    #[test]
+    fn config_txt_and_cmdline_txt() {
+        let cfg = "# comment\n[pi4]\narm_64bit=1\nkernel=vmlinuz-6.1.0-1-arm64\n# kernel=old\ninitramfs initrd.img-6.1.0-1-arm64 followkernel\n[all]\n";
+        assert_eq!(
+            rpi_boot_files(cfg),
+            (
+                Some("vmlinuz-6.1.0-1-arm64".into()),
+                Some("initrd.img-6.1.0-1-arm64".into())
+            )
+        );
+        assert_eq!(rpi_boot_files("arm_64bit=1\n"), (None, None));
+        assert_eq!(
+            rpi_cmdline(
+                "console=tty0 console=ttyS1,115200 root=/dev/mmcblk0p2 rw fsck.repair=yes net.ifnames=0 cma=64M rootwait\n",
+                "0a1b2c3d-02"
+            ),
+            "root=PARTUUID=0a1b2c3d-02 console=tty0 console=ttyS1,115200 rw fsck.repair=yes net.ifnames=0 cma=64M rootwait\n"
+        );
+        assert_eq!(
+            rpi_cmdline("", "0a1b2c3d-02"),
+            "root=PARTUUID=0a1b2c3d-02 rootwait\n"
+        );
+    }
+
+    #[test]
+    fn the_mbr_reads_back() {
+        let t = tempfile::tempfile().unwrap();
+        t.set_len(64 << 20).unwrap();
+        write_mbr(&t, 0x0a1b2c3d, &[(0x0c, 8192, 32768), (0x83, 40960, 90112)]).unwrap();
+        let table = super::super::part::read(&t).unwrap();
+        assert_eq!(table.scheme, super::super::part::Scheme::Mbr);
+        let got: Vec<(u32, u64, u64, bool)> = table
+            .parts
+            .iter()
+            .map(|p| (p.number, p.start_lba, p.sectors, p.maybe_fat))
+            .collect();
+        assert_eq!(got, [(1, 8192, 32768, true), (2, 40960, 90112, false)]);
+        assert!(write_mbr(&t, 1, &[(0x83, 1 << 33, 1)]).is_err());
+    }
+
+    #[test]
+    fn recipes_for_the_pi_use_non_free_firmware_and_differ_by_architecture() {
+        let x = Recipe::new("bookworm", Arch::X86_64, Board::GenericUefi, &[]).unwrap();
+        let p = Recipe::new("bookworm", Arch::Aarch64, Board::Rpi4, &[]).unwrap();
+        assert_eq!(p.arch, "arm64");
+        assert!(p.packages.contains(&"raspi-firmware".to_string()));
+        assert!(p.packages.contains(&"linux-image-arm64".to_string()));
+        assert!(p
+            .options
+            .iter()
+            .any(|o| o == "--components=main,non-free-firmware"));
+        assert!(p.options.iter().any(|o| o == "--mode=unshare"));
+        assert_ne!(x.key(), p.key());
+        assert_ne!(x.cache_path(Path::new("c")), p.cache_path(Path::new("c")));
+        assert!(Recipe::new("bookworm", Arch::Aarch64, Board::GenericUefi, &[]).is_err());
+        assert!(Recipe::new("bookworm", Arch::Aarch64, Board::Rpi4, &["Bad Name".into()]).is_err());
+    }
 }

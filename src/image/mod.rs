@@ -411,7 +411,7 @@ pub fn format_cidata(
     fat::write_files(f, offset, len, seed)
 }
 
-fn check_seed(seed: &[(String, Vec<u8>)]) -> Result<()> {
+pub(crate) fn check_seed(seed: &[(String, Vec<u8>)]) -> Result<()> {
     if seed.is_empty() {
         bail!("the cloud-init seed is empty (no user-data, meta-data or network-config to write)");
     }

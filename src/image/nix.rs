@@ -36,7 +36,7 @@ pub fn strategy(mode: BuildMode, builders: Option<&str>) -> &'static str {
     match (mode, builders.map(str::trim).filter(|b| !b.is_empty())) {
         (BuildMode::Native, _) => "native",
         (BuildMode::EmulatedOrRemote, Some(_)) => "remote",
-        (BuildMode::EmulatedOrRemote, None) => "emulated",
+        (BuildMode::EmulatedOrRemote, None) | (BuildMode::Emulated, _) => "emulated",
     }
 }
 

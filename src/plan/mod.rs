@@ -54,6 +54,8 @@ pub enum ImagePlan {
     Mmdebstrap {
         suite: String,
         layout: String,
+        /// `native`, or `emulated` for an aarch64 image built on the (x86_64) controller.
+        build: BuildMode,
         output: String,
     },
     /// Talos Image Factory image for the node's schematic (ID computed offline; see render::talos::schematic).
@@ -72,6 +74,9 @@ pub enum BuildMode {
     Native,
     /// aarch64 on an x86_64 controller: binfmt/QEMU emulation or a remote aarch64 builder if configured.
     EmulatedOrRemote,
+    /// aarch64 on an x86_64 controller through binfmt_misc + qemu-user only (mmdebstrap runs the arm64
+    /// maintainer scripts emulated; there is no remote builder for it).
+    Emulated,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -308,6 +313,11 @@ fn image_plan(spec: &Spec, h: &Host) -> ImagePlan {
                     "rpi-firmware+ext4".into()
                 } else {
                     "gpt-esp-systemd-boot+ext4".into()
+                },
+                build: if h.arch == Arch::Aarch64 {
+                    BuildMode::Emulated
+                } else {
+                    BuildMode::Native
                 },
                 output,
             },

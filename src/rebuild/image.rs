@@ -60,6 +60,7 @@ pub fn build_from_source(
             suite,
             layout,
             output,
+            ..
         } => {
             let seed = match &o.seed_dir {
                 Some(d) => crate::image::seed_from_dir(d)?,
@@ -81,10 +82,17 @@ pub fn build_from_source(
                 progress: o.progress,
             };
             let (built, cached) = crate::image::debian::build(&inp)?;
+            let strategy = built
+                .manifest
+                .build
+                .as_ref()
+                .and_then(|b| b.inputs.get("strategy"))
+                .cloned()
+                .unwrap_or_default();
             Ok(Some(Outcome {
                 built,
                 how: format!(
-                    "mmdebstrap {suite} {} ({layout}), root file system {}",
+                    "mmdebstrap {suite} {} ({layout}, {strategy} build), root file system {}",
                     h.arch.as_str(),
                     if cached {
                         "from the cache"

@@ -229,19 +229,37 @@ fn interruption_and_a_changed_image_leave_the_target_unbootable() {
     assert!(matches!(e, Error::Interrupted), "{e}");
     assert!(first_mib_is_zero(&target));
 
-    // The image changed after it was built: the block map's range checksum stops the write.
-    std::fs::write(&target, vec![0x77u8; 4 * MIB as usize]).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    // The image changed after it was built. The image is not hashed as it is written (the read-back is
+    // checked against the block map's range digests): the changed range fails the read-back, and the
+    // error blames the image, not the target. Both in a range after the first MiB and in the boot
+    // sector's range inside it (checked against the block map before the first MiB is written).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for (what, off) in [("after the first MiB", MAPPED), ("boot code", 0x10)] {
+        std::fs::write(&target, vec![0x77u8; 4 * MIB as usize]).unwrap();
+        let mut old = [0u8; 1];
+        f.read_at(&mut old, off).unwrap();
+        f.write_all_at(&[old[0] ^ 0x42], off).unwrap();
+        let e = flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Failed(_)), "{what}: {msg}");
+        assert!(
+            msg.contains("does not match its block map"),
+            "{what}: {msg}"
+        );
+        assert!(!msg.contains("read-back mismatch"), "{what}: {msg}");
+        assert!(
+            first_mib_is_zero(&target),
+            "{what}: the old boot sector must be gone and the changed one never written"
+        );
+        f.write_all_at(&old, off).unwrap();
+    }
+    // Restored, it flashes again.
+    flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap();
     f.write_all_at(&[0x42], MAPPED).unwrap();
-    let e = flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap_err();
-    assert!(
-        e.to_string().contains("does not match its block map"),
-        "{e}"
-    );
-    assert!(
-        first_mib_is_zero(&target),
-        "the old boot sector must be gone"
-    );
 
     // The CLI exits 1 for a failure.
     let o = labforge(

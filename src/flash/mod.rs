@@ -255,6 +255,27 @@ pub fn flash_with(mut opts: Options, stop: &AtomicBool) -> Result<Report, Error>
     let rb = p.rb;
     let mut abuf = AlignedBuf::new(lio::CHUNK);
 
+    // The image's first MiB was not hashed as it was read (the read-back decides, see [`pipeline`]); the
+    // ranges that lie wholly inside it are never read back before it is written, so they are checked
+    // against the block map here, before they reach the target. (A range that crosses the 1 MiB mark was
+    // hashed by the read-back from this buffer and the target's bytes after it.)
+    for r in &map.ranges {
+        let (s, e) = r.bytes(map.block_size, size);
+        if e > head {
+            break;
+        }
+        let got = lio::sha256_hex(&head_buf[s as usize..e as usize]);
+        if got != r.sha256 {
+            return Err(failed(format!(
+                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, the image holds sha256 {got}; was it changed after it was built?",
+                opts.image.display(),
+                r.first,
+                r.last,
+                r.sha256
+            )));
+        }
+    }
+
     // 6. The first MiB, last.
     check()?;
     dst.write_all_at(&head_buf, 0)

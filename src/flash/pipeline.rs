@@ -38,15 +38,15 @@ use std::sync::mpsc;
 
 /// Write chunk: large O_DIRECT requests keep the device busy (the block layer splits them into
 /// concurrently queued requests).
-const WCHUNK: usize = 4 << 20;
+const WCHUNK: usize = 8 << 20;
 /// Write buffers in flight between the source and the writer.
-const BUFS: usize = 4;
+const BUFS: usize = 3;
 /// Read-back chunk.
-const RCHUNK: usize = 4 << 20;
+const RCHUNK: usize = 8 << 20;
 /// On a file target, fsync and hand over to the read-back every this many bytes written.
 const SYNC_EVERY: u64 = 128 << 20;
 /// Read-back buffers in flight between the read-back and the verifying thread.
-const VBUFS: usize = 3;
+const VBUFS: usize = 2;
 
 pub(super) struct Job<'j, 'h> {
     pub map: &'j Bmap,
@@ -194,7 +194,9 @@ pub(super) fn run(job: Job) -> Result<Done, Error> {
             drop(back_tx);
             res
         });
-        let v = verify(map, target, head, back_rx, vfree_tx, &head_rx, &vpb);
+        let v = verify(
+            map, src, image, target, head, back_rx, vfree_tx, &head_rx, &vpb,
+        );
         if v.is_err() {
             abort.store(true, Ordering::SeqCst);
         }
@@ -261,13 +263,14 @@ fn read_source(
     data: &mpsc::SyncSender<Chunk>,
     head_tx: mpsc::Sender<Vec<u8>>,
 ) -> Step<u64> {
+    // No hashing here: the read-back is checked against the block map's range digests, which covers
+    // what this thread read (see the module docs, "One hash per byte").
     let size = map.image_size;
     let mut head_buf = Some(vec![0u8; head as usize]);
     let mut held: Option<AlignedBuf> = None;
     let mut written = 0;
     for r in &map.ranges {
         let (s, e) = r.bytes(map.block_size, size);
-        let mut h = Sha256::new();
         let mut o = s;
         while o < e {
             check(stop, abort)?;
@@ -290,7 +293,6 @@ fn read_source(
                     o + got as u64
                 ))));
             }
-            h.update(&buf[..n]);
             let mut from = 0usize;
             if o < head {
                 let k = ((head - o) as usize).min(n);
@@ -307,16 +309,6 @@ fn read_source(
             }
             o += n as u64;
             written += n as u64;
-        }
-        let got = hex::encode(h.finalize());
-        if got != r.sha256 {
-            return Err(Some(failed(format!(
-                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, read {got}; was it changed after it was built?",
-                image.display(),
-                r.first,
-                r.last,
-                r.sha256
-            ))));
         }
     }
     if let Some(hb) = head_buf.take() {
@@ -377,7 +369,13 @@ fn write_target(
         since_sync += len;
         pb.inc(len);
         let _ = free.send(c.buf);
-        if overlap && since_sync >= SYNC_EVERY {
+        if overlap && direct_w.is_some() {
+            // The O_DIRECT write has completed: the bytes are on the device (see the module docs,
+            // "Read-back before the final fsync"). A buffered tail is flushed by the O_DIRECT read of
+            // its range, which writes back dirty cached pages first.
+            wm.send(end).map_err(|_| None)?;
+        } else if overlap && since_sync >= SYNC_EVERY {
+            // Buffered writes (no O_DIRECT on this file system): only an fsync puts them on the device.
             sync(false).map_err(|e| io("fsync", e))?;
             wm.send(end).map_err(|_| None)?;
             since_sync = 0;
@@ -513,8 +511,11 @@ fn read_target(
 
 /// The verifying thread: hashes what the read-back thread hands over, range by range, against the block
 /// map. Returns the mapped bytes verified after the first MiB and the first MiB if it was needed here.
+#[allow(clippy::too_many_arguments)]
 fn verify(
     map: &Bmap,
+    src: &File,
+    image: &Path,
     t: &Target,
     head: u64,
     back: mpsc::Receiver<Back>,
@@ -556,17 +557,70 @@ fn verify(
                 let (_, e) = r.bytes(map.block_size, size);
                 let got = hex::encode(h.finalize());
                 if got != r.sha256 {
-                    return Err(Some(failed(format!(
-                        "read-back mismatch on {} in bytes {start}..{e}: expected sha256 {}, the device returned {got} (bad medium or a write that did not stick)",
-                        t.describe(),
-                        r.sha256
-                    ))));
+                    return Err(Some(mismatch(map, i, src, image, t, start, &got)));
                 }
                 verified += e - start;
             }
         }
     }
     Ok((verified, head_buf))
+}
+
+/// The error for mapped range `i` read back with digest `got` instead of the block map's. The image is
+/// not hashed while it is written (the read-back decides), so on a mismatch its range is hashed now to
+/// say which side is wrong: an image changed after its build, or a target that did not keep the bytes.
+fn mismatch(
+    map: &Bmap,
+    i: usize,
+    src: &File,
+    image: &Path,
+    t: &Target,
+    start: u64,
+    got: &str,
+) -> Error {
+    let r = &map.ranges[i];
+    let (s, e) = r.bytes(map.block_size, map.image_size);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut o = s;
+    let mut src_err = None;
+    while o < e {
+        let n = ((e - o) as usize).min(buf.len());
+        match lio::read_full_at(src, &mut buf[..n], o) {
+            Ok(k) if k == n => h.update(&buf[..n]),
+            Ok(k) => {
+                src_err = Some(format!("it ends at byte {}", o + k as u64));
+                break;
+            }
+            Err(e) => {
+                src_err = Some(e.to_string());
+                break;
+            }
+        }
+        o += n as u64;
+    }
+    let img = match src_err {
+        Some(why) => Some(format!("cannot be read ({why})")),
+        None => {
+            let d = hex::encode(h.finalize());
+            (d != r.sha256).then(|| format!("holds sha256 {d}"))
+        }
+    };
+    match img {
+        Some(what) => failed(format!(
+            "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, the image {what}; was it changed after it was built? (found by the read-back of {})",
+            image.display(),
+            r.first,
+            r.last,
+            r.sha256,
+            t.describe()
+        )),
+        None => failed(format!(
+            "read-back mismatch on {} in bytes {start}..{e}: expected sha256 {}, the device returned {got} (bad medium or a write that did not stick)",
+            t.describe(),
+            r.sha256
+        )),
+    }
 }
 
 /// Read `[a, b)` back: it must be all zeros.

@@ -111,8 +111,10 @@ fn a_bit_flipped_after_the_write_is_caught_by_read_back() {
     for (what, off) in [("mapped", MAPPED), ("unmapped", UNMAPPED)] {
         let target = t.path().join(format!("flip-{what}.raw"));
         let mut o = opts(&img, &target);
-        // Flip once, when the span holding `off` has been written and synced and is about to be read back
-        // (on a file target mapped spans are verified while later ones are still being written).
+        // Flip once, when the span holding `off` has been written (its O_DIRECT write completed) and is
+        // about to be read back (on a file target mapped spans are verified while later ones are still
+        // being written, before the final fsync). The flip goes through the page cache and is synced, like
+        // a medium that changed under us; the O_DIRECT read-back sees it and the error blames the target.
         let mut flipped = false;
         o.after_write = Some(Box::new(move |p: &Path, a: u64, b: u64| {
             if flipped || off < a || off >= b {

@@ -1,15 +1,41 @@
 //! Steps 4 and 5 of `flash` (write the mapped ranges, read everything after the first MiB back) as a
-//! pipeline of three threads, so that the two cores hash while the disk writes and reads:
+//! pipeline of four threads, so that the disk writes and reads at the same time while a core hashes:
 //!
-//! * **source** (spawned): reads the image's mapped ranges into a fixed pool of aligned buffers, checks
-//!   each range's SHA-256 from the block map, keeps the first MiB in memory, hands the rest to the writer;
+//! * **source** (spawned): reads the image's mapped ranges into a fixed pool of aligned buffers, keeps the
+//!   first MiB in memory, hands the rest to the writer (no hashing, see "One hash per byte");
 //! * **writer** (spawned): writes the buffers (`O_DIRECT` where possible) and gives them back to the pool;
-//!   on a regular-file target it fsyncs every [`SYNC_EVERY`] bytes and announces how far the target is
-//!   written *and* synced (a watermark); on a block device it announces only the end, after the last fsync;
-//! * **verify** (the calling thread): reads back with `O_DIRECT` what is below the watermark, mapped ranges
-//!   against the block map's SHA-256, and checks that unmapped ranges read as zeros.
+//!   on a regular-file target it announces after every completed `O_DIRECT` write how far the target is
+//!   written (a watermark; with buffered writes only after an fsync, every [`SYNC_EVERY`] bytes); on a
+//!   block device it announces only the end, after the last fsync;
+//! * **read-back** (spawned): reads back with `O_DIRECT` what is below the watermark and hands it over;
+//!   checks that unmapped ranges read as zeros;
+//! * **verify** (the calling thread): hashes the read-back, range by range, against the block map.
 //!
-//! Memory stays flat: [`BUFS`] write buffers of [`WCHUNK`] plus one read-back buffer, whatever the image.
+//! Memory stays flat: [`BUFS`] write buffers of [`WCHUNK`] and [`VBUFS`] read-back buffers of [`RCHUNK`],
+//! whatever the image.
+//!
+//! **One hash per byte.** The image is not hashed as it is read: the read-back of every mapped range is
+//! checked against the block map's SHA-256 for that range, and the block map is bound to the image by the
+//! manifest (its own checksum and the manifest's record of it are checked before anything is written). A
+//! target that reads back every range's digest holds exactly the bytes the block map describes, whatever
+//! was read from the image; hashing the image as well would prove nothing more, it would only fail
+//! earlier when the image was changed after its build. That case still fails, before the first MiB is
+//! written (the target stays unbootable), and the message says which side is wrong: on a mismatch the
+//! image's range is hashed then ([`mismatch`]). Ranges that lie wholly inside the first MiB are never read
+//! back before it is written, so the caller checks them against the block map from the in-memory copy
+//! before writing it.
+//!
+//! **Read-back before the final fsync (regular files).** A span is read back as soon as its `O_DIRECT`
+//! write has completed, not after an fsync. That is still a read from the device: an `O_DIRECT` write
+//! returns only once the device has acknowledged the data (nothing of it waits in the page cache), and an
+//! `O_DIRECT` read fetches it from the device again. What an fsync adds is durability — the device's
+//! volatile write cache flushed and the file's block allocation committed — not a different read: a
+//! device may answer a read from its cache before or after a flush alike. Durability is still required
+//! before success: the writer fsyncs after its last write, the first MiB is written only after that and
+//! after every byte verified, and it is fsynced itself; a write-back error surfaces at those fsyncs and
+//! fails the flash. A buffered tail (an image whose size is not a multiple of 4 KiB) is written back by
+//! the kernel before the `O_DIRECT` read of its range. Where `O_DIRECT` writes are refused, writes are
+//! buffered and a span is read back only after an fsync, as before.
 //!
 //! **Why overlap only on regular files.** Verifying a range while later ranges are still being written is
 //! sound only if a later write cannot change an earlier, already verified range. On a file the file system
@@ -38,15 +64,15 @@ use std::sync::mpsc;
 
 /// Write chunk: large O_DIRECT requests keep the device busy (the block layer splits them into
 /// concurrently queued requests).
-const WCHUNK: usize = 8 << 20;
+const WCHUNK: usize = 4 << 20;
 /// Write buffers in flight between the source and the writer.
-const BUFS: usize = 3;
+const BUFS: usize = 4;
 /// Read-back chunk.
-const RCHUNK: usize = 8 << 20;
-/// On a file target, fsync and hand over to the read-back every this many bytes written.
+const RCHUNK: usize = 4 << 20;
+/// On a file target written without `O_DIRECT`, fsync and hand over to the read-back every this many bytes.
 const SYNC_EVERY: u64 = 128 << 20;
 /// Read-back buffers in flight between the read-back and the verifying thread.
-const VBUFS: usize = 2;
+const VBUFS: usize = 3;
 
 pub(super) struct Job<'j, 'h> {
     pub map: &'j Bmap,

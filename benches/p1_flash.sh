@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # P1: flash a 4 GiB image (~25 % mapped) to a file target.
-#   labforge flash (bmap, zeroes unmapped ranges, O_DIRECT read-back verify of the whole image)
+#   labforge flash (bmap, zeroes unmapped ranges, O_DIRECT read-back of every mapped byte checked against
+#   the bmap's range sha256, unmapped ranges proven zero)
 #   vs bmaptool copy (bmap, no read-back) vs dd bs=4M conv=fsync + sha256sum (full write + full read).
 # Goal: labforge <= 1.0x bmaptool, <= 0.35x dd. Prints times and ratios. Needs: release build, bmaptool,
 # sfdisk, mkfs.vfat. Disk: ~1 GiB base + 1 GiB image + 1+1+4 GiB targets, removed at exit.

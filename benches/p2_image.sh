@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # P2: a per-host image from a 4 GiB base (~25 % mapped, raw, pinned).
-#   labforge image build iris (verify the base's sha256 while copying, reflink or sparse copy, seed into the
-#   system-boot FAT, sha256 of the result + bmap with per-range sha256, manifest)
+#   labforge image build iris (base checked against its sha256 on a second thread, or by the verified-base
+#   cache; reflink, else copy up to the end of system-boot, seed into that FAT, then the rest copied while
+#   the result's sha256 is computed behind the copy; bmap with per-range sha256; manifest)
 #   vs cp --sparse=always + mcopy of the three seed files (no verification, no hashes, no bmap).
 # labforge runs twice per round: "cold" (verified-base cache emptied first: the base is hashed, on a second
 # thread) and "warm" (the cache confirms the unchanged base: no base hash). Goal: labforge <= 1 s.

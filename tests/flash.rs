@@ -111,8 +111,10 @@ fn a_bit_flipped_after_the_write_is_caught_by_read_back() {
     for (what, off) in [("mapped", MAPPED), ("unmapped", UNMAPPED)] {
         let target = t.path().join(format!("flip-{what}.raw"));
         let mut o = opts(&img, &target);
-        // Flip once, when the span holding `off` has been written and synced and is about to be read back
-        // (on a file target mapped spans are verified while later ones are still being written).
+        // Flip once, when the span holding `off` has been written (its O_DIRECT write completed) and is
+        // about to be read back (on a file target mapped spans are verified while later ones are still
+        // being written, before the final fsync). The flip goes through the page cache and is synced, like
+        // a medium that changed under us; the O_DIRECT read-back sees it and the error blames the target.
         let mut flipped = false;
         o.after_write = Some(Box::new(move |p: &Path, a: u64, b: u64| {
             if flipped || off < a || off >= b {
@@ -229,19 +231,37 @@ fn interruption_and_a_changed_image_leave_the_target_unbootable() {
     assert!(matches!(e, Error::Interrupted), "{e}");
     assert!(first_mib_is_zero(&target));
 
-    // The image changed after it was built: the block map's range checksum stops the write.
-    std::fs::write(&target, vec![0x77u8; 4 * MIB as usize]).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    // The image changed after it was built. The image is not hashed as it is written (the read-back is
+    // checked against the block map's range digests): the changed range fails the read-back, and the
+    // error blames the image, not the target. Both in a range after the first MiB and in the boot
+    // sector's range inside it (checked against the block map before the first MiB is written).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for (what, off) in [("after the first MiB", MAPPED), ("boot code", 0x10)] {
+        std::fs::write(&target, vec![0x77u8; 4 * MIB as usize]).unwrap();
+        let mut old = [0u8; 1];
+        f.read_at(&mut old, off).unwrap();
+        f.write_all_at(&[old[0] ^ 0x42], off).unwrap();
+        let e = flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Failed(_)), "{what}: {msg}");
+        assert!(
+            msg.contains("does not match its block map"),
+            "{what}: {msg}"
+        );
+        assert!(!msg.contains("read-back mismatch"), "{what}: {msg}");
+        assert!(
+            first_mib_is_zero(&target),
+            "{what}: the old boot sector must be gone and the changed one never written"
+        );
+        f.write_all_at(&old, off).unwrap();
+    }
+    // Restored, it flashes again.
+    flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap();
     f.write_all_at(&[0x42], MAPPED).unwrap();
-    let e = flash_with(opts(&img, &target), &AtomicBool::new(false)).unwrap_err();
-    assert!(
-        e.to_string().contains("does not match its block map"),
-        "{e}"
-    );
-    assert!(
-        first_mib_is_zero(&target),
-        "the old boot sector must be gone"
-    );
 
     // The CLI exits 1 for a failure.
     let o = labforge(

@@ -6,15 +6,18 @@
 //! 2. zero the target's first MiB (partition table, boot code) and fsync: the old system is gone;
 //! 3. make every unmapped range of the image read as zeros on the target (hole punch on files,
 //!    `BLKZEROOUT` on block devices), and on a larger device zero its last MiB (a stale backup GPT);
-//! 4. write the mapped ranges (except the first MiB, kept in memory), checking each range's SHA-256 from
-//!    the block map as it is read from the image;
-//! 5. fsync, then read back everything after the first MiB with `O_DIRECT` (not the page cache): mapped
-//!    ranges against the block map's SHA-256, unmapped ranges must be all zeros;
-//! 6. only then write the first MiB, fsync, and read it back the same way.
+//! 4. write the mapped ranges (except the first MiB, kept in memory);
+//! 5. read back everything after the first MiB with `O_DIRECT` (not the page cache): mapped ranges
+//!    against the block map's SHA-256, unmapped ranges must be all zeros; fsync after the last write;
+//! 6. only then check the ranges inside the first MiB against the block map, write the first MiB, fsync,
+//!    and read it back the same way.
 //!
-//! Steps 4 and 5 run as a thread pipeline ([`pipeline`]); on a regular-file target the read-back of each
-//! fsynced span overlaps later writes and holes are proven zero from the extent map; on a block device the
-//! read-back starts after the last write (see the module docs there for why).
+//! Steps 4 and 5 run as a thread pipeline ([`pipeline`]); on a regular-file target each span is read back
+//! as soon as its `O_DIRECT` write has completed, while later ones are written, and holes are proven zero
+//! from the extent map after the final fsync; on a block device the read-back starts after the last write
+//! and its fsync (see the module docs there for why, for why the image itself is not hashed — the
+//! read-back is checked against the block map — and for why a read-back before the final fsync is still
+//! a read from the device).
 //!
 //! Why zero the unmapped ranges (unlike `bmaptool copy`, which skips them): the image says those bytes are
 //! zero, and on a reused disk they hold the previous contents — old file-system superblocks and their
@@ -65,8 +68,10 @@ impl std::fmt::Display for Error {
 }
 impl std::error::Error for Error {}
 
-/// Test hook: called with the target path and a byte span `[start, end)` that has been written and
-/// fsynced and is about to be read back (every byte after the first MiB is in some span; spans may repeat).
+/// Test hook: called with the target path and a byte span `[start, end)` that has been written (on a file
+/// target: its `O_DIRECT` writes completed, or fsynced where writes are buffered; on a block device: after
+/// the final fsync) and is about to be read back (every byte after the first MiB is in some span; spans
+/// may repeat).
 pub type Hook<'a> = Box<dyn FnMut(&Path, u64, u64) + Send + 'a>;
 
 pub struct Options<'a> {
@@ -79,7 +84,7 @@ pub struct Options<'a> {
     /// Allow a regular file as the target.
     pub allow_file: bool,
     pub progress: bool,
-    /// Test hook, run after a span is written and fsynced, before it is read back ([`Hook`]).
+    /// Test hook, run after a span is written, before it is read back ([`Hook`]).
     pub after_write: Option<Hook<'a>>,
 }
 
@@ -254,6 +259,27 @@ pub fn flash_with(mut opts: Options, stop: &AtomicBool) -> Result<Report, Error>
     let direct = p.direct;
     let rb = p.rb;
     let mut abuf = AlignedBuf::new(lio::CHUNK);
+
+    // The image's first MiB was not hashed as it was read (the read-back decides, see [`pipeline`]); the
+    // ranges that lie wholly inside it are never read back before it is written, so they are checked
+    // against the block map here, before they reach the target. (A range that crosses the 1 MiB mark was
+    // hashed by the read-back from this buffer and the target's bytes after it.)
+    for r in &map.ranges {
+        let (s, e) = r.bytes(map.block_size, size);
+        if e > head {
+            break;
+        }
+        let got = lio::sha256_hex(&head_buf[s as usize..e as usize]);
+        if got != r.sha256 {
+            return Err(failed(format!(
+                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, the image holds sha256 {got}; was it changed after it was built?",
+                opts.image.display(),
+                r.first,
+                r.last,
+                r.sha256
+            )));
+        }
+    }
 
     // 6. The first MiB, last.
     check()?;

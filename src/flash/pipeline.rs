@@ -1,15 +1,41 @@
 //! Steps 4 and 5 of `flash` (write the mapped ranges, read everything after the first MiB back) as a
-//! pipeline of three threads, so that the two cores hash while the disk writes and reads:
+//! pipeline of four threads, so that the disk writes and reads at the same time while a core hashes:
 //!
-//! * **source** (spawned): reads the image's mapped ranges into a fixed pool of aligned buffers, checks
-//!   each range's SHA-256 from the block map, keeps the first MiB in memory, hands the rest to the writer;
+//! * **source** (spawned): reads the image's mapped ranges into a fixed pool of aligned buffers, keeps the
+//!   first MiB in memory, hands the rest to the writer (no hashing, see "One hash per byte");
 //! * **writer** (spawned): writes the buffers (`O_DIRECT` where possible) and gives them back to the pool;
-//!   on a regular-file target it fsyncs every [`SYNC_EVERY`] bytes and announces how far the target is
-//!   written *and* synced (a watermark); on a block device it announces only the end, after the last fsync;
-//! * **verify** (the calling thread): reads back with `O_DIRECT` what is below the watermark, mapped ranges
-//!   against the block map's SHA-256, and checks that unmapped ranges read as zeros.
+//!   on a regular-file target it announces after every completed `O_DIRECT` write how far the target is
+//!   written (a watermark; with buffered writes only after an fsync, every [`SYNC_EVERY`] bytes); on a
+//!   block device it announces only the end, after the last fsync;
+//! * **read-back** (spawned): reads back with `O_DIRECT` what is below the watermark and hands it over;
+//!   checks that unmapped ranges read as zeros;
+//! * **verify** (the calling thread): hashes the read-back, range by range, against the block map.
 //!
-//! Memory stays flat: [`BUFS`] write buffers of [`WCHUNK`] plus one read-back buffer, whatever the image.
+//! Memory stays flat: [`BUFS`] write buffers of [`WCHUNK`] and [`VBUFS`] read-back buffers of [`RCHUNK`],
+//! whatever the image.
+//!
+//! **One hash per byte.** The image is not hashed as it is read: the read-back of every mapped range is
+//! checked against the block map's SHA-256 for that range, and the block map is bound to the image by the
+//! manifest (its own checksum and the manifest's record of it are checked before anything is written). A
+//! target that reads back every range's digest holds exactly the bytes the block map describes, whatever
+//! was read from the image; hashing the image as well would prove nothing more, it would only fail
+//! earlier when the image was changed after its build. That case still fails, before the first MiB is
+//! written (the target stays unbootable), and the message says which side is wrong: on a mismatch the
+//! image's range is hashed then ([`mismatch`]). Ranges that lie wholly inside the first MiB are never read
+//! back before it is written, so the caller checks them against the block map from the in-memory copy
+//! before writing it.
+//!
+//! **Read-back before the final fsync (regular files).** A span is read back as soon as its `O_DIRECT`
+//! write has completed, not after an fsync. That is still a read from the device: an `O_DIRECT` write
+//! returns only once the device has acknowledged the data (nothing of it waits in the page cache), and an
+//! `O_DIRECT` read fetches it from the device again. What an fsync adds is durability — the device's
+//! volatile write cache flushed and the file's block allocation committed — not a different read: a
+//! device may answer a read from its cache before or after a flush alike. Durability is still required
+//! before success: the writer fsyncs after its last write, the first MiB is written only after that and
+//! after every byte verified, and it is fsynced itself; a write-back error surfaces at those fsyncs and
+//! fails the flash. A buffered tail (an image whose size is not a multiple of 4 KiB) is written back by
+//! the kernel before the `O_DIRECT` read of its range. Where `O_DIRECT` writes are refused, writes are
+//! buffered and a span is read back only after an fsync, as before.
 //!
 //! **Why overlap only on regular files.** Verifying a range while later ranges are still being written is
 //! sound only if a later write cannot change an earlier, already verified range. On a file the file system
@@ -43,7 +69,7 @@ const WCHUNK: usize = 4 << 20;
 const BUFS: usize = 4;
 /// Read-back chunk.
 const RCHUNK: usize = 4 << 20;
-/// On a file target, fsync and hand over to the read-back every this many bytes written.
+/// On a file target written without `O_DIRECT`, fsync and hand over to the read-back every this many bytes.
 const SYNC_EVERY: u64 = 128 << 20;
 /// Read-back buffers in flight between the read-back and the verifying thread.
 const VBUFS: usize = 3;
@@ -194,7 +220,9 @@ pub(super) fn run(job: Job) -> Result<Done, Error> {
             drop(back_tx);
             res
         });
-        let v = verify(map, target, head, back_rx, vfree_tx, &head_rx, &vpb);
+        let v = verify(
+            map, src, image, target, head, back_rx, vfree_tx, &head_rx, &vpb,
+        );
         if v.is_err() {
             abort.store(true, Ordering::SeqCst);
         }
@@ -261,13 +289,14 @@ fn read_source(
     data: &mpsc::SyncSender<Chunk>,
     head_tx: mpsc::Sender<Vec<u8>>,
 ) -> Step<u64> {
+    // No hashing here: the read-back is checked against the block map's range digests, which covers
+    // what this thread read (see the module docs, "One hash per byte").
     let size = map.image_size;
     let mut head_buf = Some(vec![0u8; head as usize]);
     let mut held: Option<AlignedBuf> = None;
     let mut written = 0;
     for r in &map.ranges {
         let (s, e) = r.bytes(map.block_size, size);
-        let mut h = Sha256::new();
         let mut o = s;
         while o < e {
             check(stop, abort)?;
@@ -290,7 +319,6 @@ fn read_source(
                     o + got as u64
                 ))));
             }
-            h.update(&buf[..n]);
             let mut from = 0usize;
             if o < head {
                 let k = ((head - o) as usize).min(n);
@@ -307,16 +335,6 @@ fn read_source(
             }
             o += n as u64;
             written += n as u64;
-        }
-        let got = hex::encode(h.finalize());
-        if got != r.sha256 {
-            return Err(Some(failed(format!(
-                "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, read {got}; was it changed after it was built?",
-                image.display(),
-                r.first,
-                r.last,
-                r.sha256
-            ))));
         }
     }
     if let Some(hb) = head_buf.take() {
@@ -377,7 +395,13 @@ fn write_target(
         since_sync += len;
         pb.inc(len);
         let _ = free.send(c.buf);
-        if overlap && since_sync >= SYNC_EVERY {
+        if overlap && direct_w.is_some() {
+            // The O_DIRECT write has completed: the bytes are on the device (see the module docs,
+            // "Read-back before the final fsync"). A buffered tail is flushed by the O_DIRECT read of
+            // its range, which writes back dirty cached pages first.
+            wm.send(end).map_err(|_| None)?;
+        } else if overlap && since_sync >= SYNC_EVERY {
+            // Buffered writes (no O_DIRECT on this file system): only an fsync puts them on the device.
             sync(false).map_err(|e| io("fsync", e))?;
             wm.send(end).map_err(|_| None)?;
             since_sync = 0;
@@ -513,8 +537,11 @@ fn read_target(
 
 /// The verifying thread: hashes what the read-back thread hands over, range by range, against the block
 /// map. Returns the mapped bytes verified after the first MiB and the first MiB if it was needed here.
+#[allow(clippy::too_many_arguments)]
 fn verify(
     map: &Bmap,
+    src: &File,
+    image: &Path,
     t: &Target,
     head: u64,
     back: mpsc::Receiver<Back>,
@@ -556,17 +583,70 @@ fn verify(
                 let (_, e) = r.bytes(map.block_size, size);
                 let got = hex::encode(h.finalize());
                 if got != r.sha256 {
-                    return Err(Some(failed(format!(
-                        "read-back mismatch on {} in bytes {start}..{e}: expected sha256 {}, the device returned {got} (bad medium or a write that did not stick)",
-                        t.describe(),
-                        r.sha256
-                    ))));
+                    return Err(Some(mismatch(map, i, src, image, t, start, &got)));
                 }
                 verified += e - start;
             }
         }
     }
     Ok((verified, head_buf))
+}
+
+/// The error for mapped range `i` read back with digest `got` instead of the block map's. The image is
+/// not hashed while it is written (the read-back decides), so on a mismatch its range is hashed now to
+/// say which side is wrong: an image changed after its build, or a target that did not keep the bytes.
+fn mismatch(
+    map: &Bmap,
+    i: usize,
+    src: &File,
+    image: &Path,
+    t: &Target,
+    start: u64,
+    got: &str,
+) -> Error {
+    let r = &map.ranges[i];
+    let (s, e) = r.bytes(map.block_size, map.image_size);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut o = s;
+    let mut src_err = None;
+    while o < e {
+        let n = ((e - o) as usize).min(buf.len());
+        match lio::read_full_at(src, &mut buf[..n], o) {
+            Ok(k) if k == n => h.update(&buf[..n]),
+            Ok(k) => {
+                src_err = Some(format!("it ends at byte {}", o + k as u64));
+                break;
+            }
+            Err(e) => {
+                src_err = Some(e.to_string());
+                break;
+            }
+        }
+        o += n as u64;
+    }
+    let img = match src_err {
+        Some(why) => Some(format!("cannot be read ({why})")),
+        None => {
+            let d = hex::encode(h.finalize());
+            (d != r.sha256).then(|| format!("holds sha256 {d}"))
+        }
+    };
+    match img {
+        Some(what) => failed(format!(
+            "image {} does not match its block map at blocks {}-{} (bytes {s}..{e}): expected sha256 {}, the image {what}; was it changed after it was built? (found by the read-back of {})",
+            image.display(),
+            r.first,
+            r.last,
+            r.sha256,
+            t.describe()
+        )),
+        None => failed(format!(
+            "read-back mismatch on {} in bytes {start}..{e}: expected sha256 {}, the device returned {got} (bad medium or a write that did not stick)",
+            t.describe(),
+            r.sha256
+        )),
+    }
 }
 
 /// Read `[a, b)` back: it must be all zeros.

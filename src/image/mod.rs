@@ -9,6 +9,9 @@
 //! 2. the seed goes into the image in place: the `system-boot` FAT (Pi MBR images) or a `CIDATA` FAT
 //!    (existing, or a new GPT partition, growing the image and moving the backup GPT if needed).
 //! 3. one streaming pass over the result: the image SHA-256 and the block map's per-range SHA-256.
+//!    Without a reflink, for a seed that goes into an existing partition of an MBR base (the Pi case),
+//!    steps 1–3 overlap: the part up to the end of that partition is copied and edited first, then the
+//!    rest is copied (`copy_file_range`) while the image is hashed behind the copy ([`copy_edit_hash`]).
 //! 4. rename into place; write `<image>.bmap` and `<image>.manifest.json` (temp file + rename).
 
 pub mod bmap;
@@ -219,19 +222,35 @@ pub fn build(inp: &BuildInput) -> Result<Built> {
         (Some(k), Some(d)) => cache::confirms(d, k, &pinned),
         _ => false,
     };
-    let copy = |out: &File| -> Result<()> {
-        if lio::reflink(&src, out).is_err() {
-            sparse_copy(&src, out, inp.progress, false)?;
+    // Copy and edit: a reflink costs nothing, then edit and hash; else, when the seed goes into an
+    // existing partition, copy and hash overlapped ([`copy_edit_hash`]); else copy, edit, hash.
+    let copy_edit = |out: &File| -> Result<(SeedRef, (String, u64, bmap::Bmap))> {
+        if lio::reflink(&src, out).is_ok() {
+            return edit(out);
         }
-        Ok(())
+        let size = src.metadata()?.len();
+        match edit_extent(&src, base.decl.seed, size) {
+            Some(end) => copy_edit_hash(&src, out, end, inp.progress, |out| {
+                inject(out, inp, &pinned).with_context(|| {
+                    format!(
+                        "writing the cloud-init seed into the image for {}",
+                        inp.host
+                    )
+                })
+            }),
+            _ => {
+                sparse_copy(&src, out, inp.progress, false)?;
+                edit(out)
+            }
+        }
     };
     let (actual, base_check, edited) = if cached {
-        let ed = copy(out).and_then(|_| edit(out));
+        let ed = copy_edit(out);
         (pinned.clone(), BaseCheck::Cached, ed)
     } else if raw && settled {
         std::thread::scope(|sc| {
             let hasher = sc.spawn(|| hash_file(&src, false, "verify"));
-            let ed = copy(out).and_then(|_| edit(out));
+            let ed = copy_edit(out);
             let actual = hasher
                 .join()
                 .map_err(|_| anyhow::anyhow!("internal error: the base hashing thread panicked"))
@@ -645,6 +664,21 @@ fn inject(out: &File, inp: &BuildInput, base_sha: &str) -> Result<SeedRef> {
 /// rounded out to 4 KiB blocks, each range with its SHA-256).
 pub fn finalize(f: &File, progress: bool) -> Result<(String, u64, bmap::Bmap)> {
     let size = f.metadata()?.len();
+    // Two threads: the whole image's SHA-256 (holes fed as zeros) on one, the block map's per-range
+    // SHA-256 on this one; both read the same file (from the page cache).
+    std::thread::scope(|sc| {
+        let full = sc.spawn(|| hash_file(f, false, "hash"));
+        let map = block_map(f, size, progress)?;
+        let full = full
+            .join()
+            .map_err(|_| anyhow::anyhow!("internal error: the hashing thread panicked"))??;
+        Ok((full, size, map))
+    })
+}
+
+/// The block map of a complete image file: its data extents rounded out to 4 KiB blocks, merged, each
+/// range with the SHA-256 of its bytes.
+fn block_map(f: &File, size: u64, progress: bool) -> Result<bmap::Bmap> {
     let bs = bmap::BLOCK;
     let mut blocks: Vec<(u64, u64)> = Vec::new();
     for (a, b) in lio::data_extents(f)? {
@@ -654,48 +688,267 @@ pub fn finalize(f: &File, progress: bool) -> Result<(String, u64, bmap::Bmap)> {
             _ => blocks.push((first, last)),
         }
     }
-    // Two threads: the whole image's SHA-256 (holes fed as zeros) on one, the block map's per-range
-    // SHA-256 on this one; both read the same file (from the page cache).
-    std::thread::scope(|sc| {
-        let full = sc.spawn(|| hash_file(f, false, "hash"));
-        let pb = lio::progress_bar(size, "hash", progress);
-        let mut buf = vec![0u8; lio::CHUNK];
-        let mut ranges = Vec::with_capacity(blocks.len());
-        for (first, last) in blocks {
-            let (s, e) = (first * bs, ((last + 1) * bs).min(size));
-            let mut rh = Sha256::new();
-            let mut o = s;
-            while o < e {
-                let n = ((e - o) as usize).min(buf.len());
-                let got = lio::read_full_at(f, &mut buf[..n], o)?;
-                if got < n {
-                    bail!("the image shrank while it was hashed");
-                }
-                rh.update(&buf[..n]);
-                o += n as u64;
-                pb.set_position(o);
+    let pb = lio::progress_bar(size, "hash", progress);
+    let mut buf = vec![0u8; lio::CHUNK];
+    let mut ranges = Vec::with_capacity(blocks.len());
+    for (first, last) in blocks {
+        let (s, e) = (first * bs, ((last + 1) * bs).min(size));
+        let mut rh = Sha256::new();
+        let mut o = s;
+        while o < e {
+            let n = ((e - o) as usize).min(buf.len());
+            let got = lio::read_full_at(f, &mut buf[..n], o)?;
+            if got < n {
+                bail!("the image shrank while it was hashed");
             }
-            ranges.push(bmap::Range {
-                first,
-                last,
-                sha256: hex::encode(rh.finalize()),
-            });
+            rh.update(&buf[..n]);
+            o += n as u64;
+            pb.set_position(o);
         }
-        pb.finish_and_clear();
-        let full = full
-            .join()
-            .map_err(|_| anyhow::anyhow!("internal error: the hashing thread panicked"))??;
-        Ok((
-            full,
-            size,
-            bmap::Bmap {
-                image_size: size,
-                block_size: bs,
-                ranges,
-            },
-        ))
+        ranges.push(bmap::Range {
+            first,
+            last,
+            sha256: hex::encode(rh.finalize()),
+        });
+    }
+    pb.finish_and_clear();
+    Ok(bmap::Bmap {
+        image_size: size,
+        block_size: bs,
+        ranges,
     })
 }
+
+/// Where the seed goes when it goes into an existing FAT partition of an MBR base (`system-boot`, or an
+/// existing `CIDATA`): the end of everything [`inject`] reads or writes — the MBR, the FAT boot sectors of
+/// the partitions before it, and that partition — rounded up to 4 KiB. `None` when the seed needs a new
+/// partition, the base is GPT, or it is no disk image: then the image is copied whole first.
+fn edit_extent(src: &File, method: SeedMethod, size: u64) -> Option<u64> {
+    let mut magic = [0u8; 4];
+    lio::read_full_at(src, &mut magic, 0).ok()?;
+    if &magic == b"QFI\xfb" {
+        return None;
+    }
+    let table = part::read(src).ok()?;
+    let label = match method {
+        SeedMethod::SystemBoot => "system-boot",
+        SeedMethod::Cidata => "cidata",
+    };
+    let p = find_fat(src, &table, label)?;
+    // MBR only: a GPT's entry array may lie anywhere its header says (and a backup sits at the end).
+    if table.scheme != part::Scheme::Mbr {
+        return None;
+    }
+    let end = p.offset().checked_add(p.len())?.max(1024);
+    let end = end.div_ceil(bmap::BLOCK) * bmap::BLOCK;
+    (end < size).then_some(end)
+}
+
+/// Copy the base, put the seed in and hash the result, with the copy and the hash overlapped: for a seed
+/// that goes into an existing partition ending at `edit_end` ([`edit_extent`]), everything the seed
+/// changes lies before `edit_end`. So that part is copied and edited first; then
+///
+/// * a copier thread copies the rest (`copy_file_range`, in the kernel; read + write where that is not
+///   supported), announcing how far it got; then fsyncs the output and computes the block map from its
+///   data extents, hashing each range (beside the tail of the image hash);
+/// * a reader thread reads the output in file order — the edited part whole (holes read as zeros), the
+///   rest span by span once the copier has written it — and hands the bytes to
+/// * this thread, which computes the image's SHA-256; holes of the base (which stay holes in the output)
+///   are fed as zeros from a static buffer instead of being read.
+///
+/// The SHA-256 is still of the output file as written, in one pass over it; only its start no longer
+/// waits for the end of the copy, and no thread both reads and hashes. The floor is one SHA-256 pass over
+/// the whole image on one core.
+fn copy_edit_hash(
+    src: &File,
+    out: &File,
+    edit_end: u64,
+    progress: bool,
+    edit: impl FnOnce(&File) -> Result<SeedRef>,
+) -> Result<(SeedRef, (String, u64, bmap::Bmap))> {
+    use std::sync::mpsc;
+    let size = src.metadata()?.len();
+    let extents = lio::data_extents(src)?;
+    out.set_len(size)?;
+    let clip = |lo: u64, hi: u64| -> Vec<(u64, u64)> {
+        extents
+            .iter()
+            .map(|&(a, b)| (a.max(lo), b.min(hi)))
+            .filter(|(a, b)| a < b)
+            .collect()
+    };
+    let (head, tail) = (clip(0, edit_end), clip(edit_end, size));
+    let mut buf = vec![0u8; lio::CHUNK];
+    for &(a, b) in &head {
+        let mut o = a;
+        while o < b {
+            let n = ((b - o) as usize).min(buf.len());
+            let got = lio::read_full_at(src, &mut buf[..n], o)?;
+            if got < n {
+                bail!("the base image shrank while it was copied");
+            }
+            lio::write_nonzero_at(out, &buf[..n], o)?;
+            o += n as u64;
+        }
+    }
+    drop(buf);
+    let seed = edit(out)?;
+
+    /// What the reader hands to the hasher, in file order.
+    enum Piece {
+        Data(Vec<u8>, usize),
+        Zeros(u64),
+    }
+    const BUFS: usize = 4;
+    std::thread::scope(|sc| {
+        let (wm_tx, wm_rx) = mpsc::channel::<u64>();
+        let tail = &tail;
+        let copier = sc.spawn(move || -> Result<bmap::Bmap> {
+            copy_spans(src, out, tail, |o| wm_tx.send(o).is_ok())?;
+            drop(wm_tx);
+            out.sync_all()?;
+            block_map(out, size, false)
+        });
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFS {
+            let _ = free_tx.send(vec![0u8; lio::CHUNK]);
+        }
+        let (piece_tx, piece_rx) = mpsc::sync_channel::<Piece>(BUFS);
+        let reader = sc.spawn(move || -> Result<()> {
+            let send_span = |a: u64, b: u64| -> Result<()> {
+                let mut o = a;
+                while o < b {
+                    let Ok(mut buf) = free_rx.recv() else {
+                        bail!("internal error: the image hashing stopped");
+                    };
+                    let n = ((b - o) as usize).min(buf.len());
+                    let got = lio::read_full_at(out, &mut buf[..n], o)?;
+                    if got < n {
+                        bail!("the image shrank while it was hashed");
+                    }
+                    if piece_tx.send(Piece::Data(buf, n)).is_err() {
+                        bail!("internal error: the image hashing stopped");
+                    }
+                    o += n as u64;
+                }
+                Ok(())
+            };
+            let zeros = |n: u64| -> Result<()> {
+                if n > 0 && piece_tx.send(Piece::Zeros(n)).is_err() {
+                    bail!("internal error: the image hashing stopped");
+                }
+                Ok(())
+            };
+            // The edited part: read whole (holes read as zeros; the seed may have filled some).
+            send_span(0, edit_end)?;
+            let mut pos = edit_end;
+            let mut copied = edit_end;
+            for &(a, b) in tail {
+                zeros(a - pos)?;
+                let mut o = a;
+                while o < b {
+                    while copied <= o {
+                        match wm_rx.recv() {
+                            Ok(c) => copied = c,
+                            // The copier stopped early: it reports why.
+                            Err(_) => bail!("internal error: the copy stopped"),
+                        }
+                    }
+                    let e = copied.min(b);
+                    send_span(o, e)?;
+                    o = e;
+                }
+                pos = b;
+            }
+            zeros(size - pos)
+        });
+        let pb = lio::progress_bar(size, "copy + hash", progress);
+        let mut h = Sha256::new();
+        let mut hashed = 0u64;
+        for p in piece_rx.iter() {
+            match p {
+                Piece::Data(buf, n) => {
+                    h.update(&buf[..n]);
+                    hashed += n as u64;
+                    let _ = free_tx.send(buf);
+                }
+                Piece::Zeros(n) => {
+                    lio::hash_zeros(&mut h, n);
+                    hashed += n;
+                }
+            }
+            pb.set_position(hashed);
+        }
+        pb.finish_and_clear();
+        let panicked = |what: &str| anyhow::anyhow!("internal error: the {what} thread panicked");
+        let c = copier.join().map_err(|_| panicked("copying"))?;
+        let r = reader.join().map_err(|_| panicked("reading"))?;
+        // A thread that stopped because the other one did says so; report the cause.
+        let map = match (c, r) {
+            (Ok(map), Ok(())) => map,
+            (Err(e), Err(_)) if e.to_string() != STOPPED => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(())) => return Err(e),
+        };
+        if hashed != size {
+            bail!("internal error: hashed {hashed} of {size} bytes");
+        }
+        Ok((seed, (hex::encode(h.finalize()), size, map)))
+    })
+}
+
+/// Copy the spans `[a, b)` of `src` to the same offsets in `dst`, in order, calling `done` with the end
+/// of what is copied so far (it returns false to stop). In the kernel with `copy_file_range` where the
+/// file systems allow it, else by reading and writing (leaving all-zero 4 KiB blocks as holes).
+fn copy_spans(
+    src: &File,
+    dst: &File,
+    spans: &[(u64, u64)],
+    mut done: impl FnMut(u64) -> bool,
+) -> Result<()> {
+    const STEP: usize = 4 << 20;
+    let mut kernel = true;
+    let mut buf: Vec<u8> = Vec::new();
+    for &(a, b) in spans {
+        let mut o = a;
+        while o < b {
+            let n = ((b - o) as usize).min(STEP);
+            let mut k = 0;
+            if kernel {
+                match lio::copy_range(src, dst, o, n) {
+                    Ok(c) => k = c,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EXDEV)
+                                | Some(libc::EINVAL)
+                                | Some(libc::ENOSYS)
+                                | Some(libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        kernel = false
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !kernel {
+                buf.resize(n, 0);
+                k = lio::read_full_at(src, &mut buf[..n], o)?;
+                lio::write_nonzero_at(dst, &buf[..k], o)?;
+            }
+            if k == 0 {
+                bail!("the base image shrank while it was copied");
+            }
+            o += k as u64;
+            if !done(o) {
+                bail!(STOPPED);
+            }
+        }
+    }
+    Ok(())
+}
+
+const STOPPED: &str = "internal error: the image hashing stopped";
 
 /// The host's cloud-init seed, rendered fresh from the spec by the cloud-init backend into a private
 /// temporary directory (never from `out/`, which may be stale), keyed by file name.

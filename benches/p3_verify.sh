@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark P3: `labforge verify` of 50 real sshd hosts (network namespaces) vs Ansible (-f 50) running the
-# same remote probe script on the same hosts, in one run. Needs root. Prints the wall times and the ratio.
+# same remote probe commands on the same hosts, in one run: as one shell task per probe command (the goal's
+# comparison), as labforge's batched script via `raw`, and `raw: true`. Needs root. Prints wall times,
+# ratios and CPU seconds (machine, labforge, the hosts). Takes about 2 minutes.
 #   bash benches/p3_verify.sh            (P3_HOSTS=50 by default)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,6 +1,6 @@
 //! Benchmark P3 (run by benches/p3_verify.sh; ignored in the normal test run): `labforge verify` of 50
-//! real sshd hosts (one network namespace each, tests/netns_lab/mod.rs) against Ansible (`-f 50`, `raw`
-//! module) running the very same remote probe script on the same hosts, in one run.
+//! real sshd hosts (one network namespace each, tests/netns_lab/mod.rs) against Ansible (`-f 50`) running
+//! the very same remote probe commands on the same hosts, in one run (see the shapes below).
 
 mod netns_lab;
 use netns_lab::*;

@@ -185,11 +185,19 @@ fn prometheus_user_data_carries_seed_000() {
         runcmd.contains("/opt/labforge/stacks/portainer-agent"),
         "{runcmd}"
     );
-    // nfs-common's rpcbind would listen on 0.0.0.0:111; both mounts are NFSv4, so it is masked.
-    assert!(
-        runcmd.contains(r#"["systemctl","mask","--now","rpcbind.socket","rpcbind.service"]"#),
-        "{runcmd}"
+    // nfs-common's rpcbind would listen on 0.0.0.0:111; both mounts are NFSv4, so it is masked early at
+    // every boot, before the packages module installs nfs-common.
+    assert_eq!(
+        v["bootcmd"],
+        serde_json::json!([[
+            "systemctl",
+            "mask",
+            "--now",
+            "rpcbind.socket",
+            "rpcbind.service"
+        ]])
     );
+    assert!(!runcmd.contains("rpcbind"), "{runcmd}");
 }
 
 #[test]
@@ -207,8 +215,7 @@ fn rpcbind_stays_when_an_nfs_mount_may_negotiate_v3() {
     ok(&common::labforge(t.path(), &["render"]), "render");
     let ud = t.path().join("out/cloud-init/prometheus/user-data");
     let v = yaml(&read(&ud));
-    let runcmd = serde_json::to_string(&v["runcmd"]).unwrap();
-    assert!(!runcmd.contains("rpcbind"), "{runcmd}");
+    assert!(v.get("bootcmd").is_none(), "{v}");
     ok(&cloud_init_schema(&ud), "cloud-init schema");
 }
 

@@ -481,6 +481,8 @@ struct UserData {
     fs_setup: Vec<FsSetup>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mounts: Vec<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bootcmd: Vec<Vec<String>>,
     write_files: Vec<WriteFile>,
     runcmd: Vec<Vec<String>>,
 }
@@ -722,18 +724,6 @@ fn user_data(
             "sshd -t && systemctl daemon-reload && if systemctl is-enabled --quiet ssh.socket 2>/dev/null; then systemctl restart ssh.socket; else systemctl reload-or-restart ssh.service; fi".into(),
         ],
     ];
-    if h.nfs_v4_only() && packages(spec, h).iter().any(|p| p == "nfs-common") {
-        // nfs-common pulls in rpcbind, which listens on 0.0.0.0:111 / [::]:111 (seed 000: services bind
-        // to the SERVERS network only; verify's `listen.no-wildcard`). NFSv4 needs no portmapper, so with
-        // every NFS mount pinned to v4 it is masked (runcmd runs after the packages are installed).
-        runcmd.push(vec![
-            "systemctl".into(),
-            "mask".into(),
-            "--now".into(),
-            "rpcbind.socket".into(),
-            "rpcbind.service".into(),
-        ]);
-    }
     if !h.stacks.is_empty() {
         runcmd.push(vec![
             "systemctl".into(),
@@ -785,6 +775,20 @@ fn user_data(
         }
     }
 
+    let mut bootcmd: Vec<Vec<String>> = Vec::new();
+    if h.nfs_v4_only() && packages(spec, h).iter().any(|p| p == "nfs-common") {
+        // nfs-common pulls in rpcbind, which listens on 0.0.0.0:111 / [::]:111 (seed 000: services bind
+        // to the SERVERS network only; verify's `listen.no-wildcard`). NFSv4 needs no portmapper, so with
+        // every NFS mount pinned to v4 it is masked — in bootcmd, i.e. early on every boot and before the
+        // packages module installs nfs-common (a masked unit is not started by the package's scripts).
+        bootcmd.push(vec![
+            "systemctl".into(),
+            "mask".into(),
+            "--now".into(),
+            "rpcbind.socket".into(),
+            "rpcbind.service".into(),
+        ]);
+    }
     let ud = UserData {
         hostname: h.name.clone(),
         fqdn: format!("{}.{}", h.name, spec.site.domain),
@@ -804,6 +808,7 @@ fn user_data(
         disk_setup: (!disk_setup.is_empty()).then_some(disk_setup),
         fs_setup,
         mounts,
+        bootcmd,
         write_files,
         runcmd,
     };

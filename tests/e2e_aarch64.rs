@@ -274,6 +274,46 @@ fn check_image(img: &Path, lab: &Lab, manifest: &serde_json::Value) -> String {
         fstab.contains(&format!("PARTUUID={disk_id}-01 /boot/firmware vfat")),
         "{fstab}"
     );
+    // The build-speed cuts (src/image/debian.rs, docs/rebuild.md "Build time") left a complete system:
+    // update-initramfs is initramfs-tools' own again (no diversion, not the build's stub) and the root's
+    // /boot has the one initramfs made at the end; dpkg is not eatmydata's wrapper; documentation is
+    // reduced to the copyright files and the rule stays in dpkg's configuration for later installs.
+    let diversions = tool("debugfs", &["-R", "cat /var/lib/dpkg/diversions", &root]);
+    assert!(
+        !diversions.contains("update-initramfs") && !diversions.contains("dpkg.distrib"),
+        "build-time diversions left in the image:\n{diversions}"
+    );
+    let ui = tool("debugfs", &["-R", "cat /usr/sbin/update-initramfs", &root]);
+    assert!(
+        ui.contains("mkinitramfs") && !ui.contains("deferred by labforge"),
+        "{ui}"
+    );
+    assert!(
+        !tool("debugfs", &["-R", "cat /usr/bin/dpkg", &root]).starts_with("#!"),
+        "/usr/bin/dpkg is a wrapper script"
+    );
+    let kver = kernel.trim_start_matches("vmlinuz-");
+    let boot = tool("debugfs", &["-R", "ls /boot", &root]);
+    assert!(boot.contains(&format!("initrd.img-{kver}")), "{boot}");
+    let doc = tool("debugfs", &["-R", "ls /usr/share/doc/sudo", &root]);
+    assert!(doc.contains("copyright"), "{doc}");
+    assert!(!doc.contains("changelog"), "{doc}");
+    let man = Command::new(oracle("debugfs"))
+        .args(["-R", "ls /usr/share/man/man8", &root])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&man.stdout).contains("sshd.8"),
+        "manual pages in the image"
+    );
+    let excl = tool(
+        "debugfs",
+        &["-R", "cat /etc/dpkg/dpkg.cfg.d/99mmdebstrap", &root],
+    );
+    assert!(
+        excl.contains("path-include=/usr/share/doc/*/copyright"),
+        "{excl}"
+    );
     let fwdir = tool("debugfs", &["-R", "ls /boot/firmware", &root]);
     assert!(
         !fwdir.contains("config.txt"),

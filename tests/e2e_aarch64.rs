@@ -17,98 +17,12 @@
 //! The root file system cache is shared through `LABFORGE_CACHE` (target/labforge-cache): a second run
 //! does not run mmdebstrap again.
 mod common;
+mod e2e_lab;
 
-use common::{labforge_env, oracle, stderr, stdout};
-use std::path::{Path, PathBuf};
+use common::{oracle, stderr};
+use e2e_lab::Lab;
+use std::path::Path;
 use std::process::Command;
-
-/// A QEMU left running by `rebuild --keep-running`: killed on drop (it is this test's own child's child).
-struct Vm {
-    pid: u32,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if self.pid > 1 {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(self.pid.to_string())
-                .status();
-        }
-    }
-}
-
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    /// A copy of the example lab with a fresh admin key in place of the operator's.
-    fn new() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let hosts = dir.path().join("hosts");
-        copy_dir(&common::repo().join("hosts"), &hosts);
-        let key = dir.path().join("id_ed25519");
-        let st = Command::new(oracle("ssh-keygen"))
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "labforge-e2e", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let site = hosts.join("site.toml");
-        let text = std::fs::read_to_string(&site).unwrap();
-        let old = text
-            .lines()
-            .find(|l| l.starts_with("ssh_keys = ["))
-            .expect("site admin keys")
-            .to_string();
-        std::fs::write(
-            &site,
-            text.replace(&old, &format!("ssh_keys = [\"{}\"]", public.trim())),
-        )
-        .unwrap();
-        let lab = Lab { dir };
-        let o = lab.run(&["secrets", "init"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let o = lab.run(&["render", "ceres"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        lab
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn key(&self) -> PathBuf {
-        self.root().join("id_ed25519")
-    }
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let spec = self.root().join("hosts");
-        let mut a = vec!["--spec", spec.to_str().unwrap()];
-        a.extend_from_slice(args);
-        let cache = common::repo().join("target/labforge-cache");
-        let id = self.root().join(".age-identity.txt");
-        labforge_env(
-            self.root(),
-            &a,
-            &[
-                ("LABFORGE_CACHE", cache.to_str().unwrap()),
-                ("LABFORGE_AGE_IDENTITY", id.to_str().unwrap()),
-            ],
-        )
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 fn tool(bin: &str, args: &[&str]) -> String {
     let o = Command::new(oracle(bin)).args(args).output().unwrap();
@@ -326,7 +240,7 @@ fn check_image(img: &Path, lab: &Lab, manifest: &serde_json::Value) -> String {
 fn ceres_arm64_image_is_built_and_its_root_boots_under_qemu_virt_to_a_verified_host() {
     oracle("qemu-system-aarch64");
     oracle("mmdebstrap");
-    let lab = Lab::new();
+    let lab = Lab::new("ceres");
     let img = lab.root().join("out/images/ceres.img");
 
     let o = lab.run(&["plan", "ceres", "--json"]);
@@ -353,38 +267,7 @@ fn ceres_arm64_image_is_built_and_its_root_boots_under_qemu_virt_to_a_verified_h
 
     // Rebuild: reuse the image, boot its root under -M virt with its own kernel, SSH with the pinned key,
     // deploy, verify.
-    let key = lab.key();
-    let o = lab.run(&[
-        "rebuild",
-        "ceres",
-        "--boot",
-        "qemu",
-        "--keep-running",
-        "--identity",
-        key.to_str().unwrap(),
-        "--json",
-    ]);
-    let err = stderr(&o);
-    let pid: u32 = err
-        .lines()
-        .find_map(|l| l.split("VM left running: pid ").nth(1))
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0);
-    let _vm = Vm { pid };
-    assert_eq!(o.status.code(), Some(0), "{}\n{err}", stdout(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let phases: Vec<&str> = r["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["image", "boot", "ssh", "deploy", "verify"]);
-    assert!(r["phases"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .starts_with("reused"));
+    let (r, _vm, port) = e2e_lab::rebuild_booted(&lab, "ceres");
     assert!(
         r["phases"][1]["detail"].as_str().unwrap().contains("virt"),
         "{r}"
@@ -397,31 +280,13 @@ fn ceres_arm64_image_is_built_and_its_root_boots_under_qemu_virt_to_a_verified_h
             p["detail"].as_str().unwrap()
         );
     }
-    let port: u16 = err
-        .lines()
-        .find_map(|l| l.split("SSH at 127.0.0.1:").nth(1))
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.trim().parse().ok())
-        .expect("forwarded port in the output");
 
     // Inside the guest: an aarch64 kernel, the root by the image's PARTUUID, the firmware FAT mounted by
     // fstab, the seed read by NoCloud from that FAT, a machine id made on first boot, host keys from the seed.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let facts = rt.block_on(async {
         use labforge::transport::Transport;
-        let mut opts = labforge::transport::ssh::SshOptions {
-            user: "ops".into(),
-            identity: Some(key.clone()),
-            known_hosts: lab.root().join(".labforge/known_hosts"),
-            trust_on_first_use: false,
-            connect_timeout: std::time::Duration::from_secs(30),
-            command_timeout: std::time::Duration::from_secs(120),
-            connect_via: Default::default(),
-        };
-        opts.connect_via.insert(
-            "10.99.0.71:22".parse().unwrap(),
-            format!("127.0.0.1:{port}").parse().unwrap(),
-        );
+        let opts = e2e_lab::guest_ssh(&lab, "10.99.0.71", port);
         let t = labforge::transport::ssh::SshTransport::connect("ceres", "10.99.0.71", 22, &opts)
             .await
             .unwrap();

@@ -11,99 +11,12 @@
 //! in its place. The root file system cache is shared through `LABFORGE_CACHE` (target/labforge-cache),
 //! so a second run of the test does not run mmdebstrap again.
 mod common;
+mod e2e_lab;
 
-use common::{labforge_env, oracle, stderr, stdout};
-use std::path::{Path, PathBuf};
+use common::{oracle, stderr, stdout};
+use e2e_lab::Lab;
+use std::path::Path;
 use std::process::Command;
-
-/// A QEMU left running by `rebuild --keep-running`: killed on drop (it is this test's own child's child).
-struct Vm {
-    pid: u32,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if self.pid > 1 {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(self.pid.to_string())
-                .status();
-        }
-    }
-}
-
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let hosts = dir.path().join("hosts");
-        copy_dir(&common::repo().join("hosts"), &hosts);
-        // A fresh admin key for the test in place of the operator's.
-        let key = dir.path().join("id_ed25519");
-        let st = Command::new(oracle("ssh-keygen"))
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "labforge-e2e", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let site = hosts.join("site.toml");
-        let text = std::fs::read_to_string(&site).unwrap();
-        let old = text
-            .lines()
-            .find(|l| l.starts_with("ssh_keys = ["))
-            .expect("site admin keys")
-            .to_string();
-        std::fs::write(
-            &site,
-            text.replace(&old, &format!("ssh_keys = [\"{}\"]", public.trim())),
-        )
-        .unwrap();
-        let lab = Lab { dir };
-        let o = lab.run(&["secrets", "init"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        // What deploy uploads (rendered/vulcan/…) comes from `labforge render`.
-        let o = lab.run(&["render", "vulcan"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        lab
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn key(&self) -> PathBuf {
-        self.root().join("id_ed25519")
-    }
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let spec = self.root().join("hosts");
-        let mut a = vec!["--spec", spec.to_str().unwrap()];
-        a.extend_from_slice(args);
-        let cache = common::repo().join("target/labforge-cache");
-        let id = self.root().join(".age-identity.txt");
-        labforge_env(
-            self.root(),
-            &a,
-            &[
-                ("LABFORGE_CACHE", cache.to_str().unwrap()),
-                ("LABFORGE_AGE_IDENTITY", id.to_str().unwrap()),
-            ],
-        )
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 fn sfdisk(img: &Path) -> serde_json::Value {
     let o = Command::new(oracle("sfdisk"))
@@ -203,7 +116,7 @@ fn check_image(img: &Path) {
 fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
     oracle("qemu-system-x86_64");
     oracle("mmdebstrap");
-    let lab = Lab::new();
+    let lab = Lab::new("vulcan");
     let img = lab.root().join("out/images/vulcan.img");
 
     // Refusals first: a host that is not disposable.
@@ -220,38 +133,8 @@ fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
     check_image(&img);
 
     // Rebuild: reuse the image (manifest + hash), boot it, SSH with the pinned key, deploy, verify.
+    let (r, _vm, port) = e2e_lab::rebuild_booted(&lab, "vulcan");
     let key = lab.key();
-    let o = lab.run(&[
-        "rebuild",
-        "vulcan",
-        "--boot",
-        "qemu",
-        "--keep-running",
-        "--identity",
-        key.to_str().unwrap(),
-        "--json",
-    ]);
-    let err = stderr(&o);
-    let pid: u32 = err
-        .lines()
-        .find_map(|l| l.split("VM left running: pid ").nth(1))
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0);
-    let _vm = Vm { pid };
-    assert_eq!(o.status.code(), Some(0), "{}\n{err}", stdout(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let phases: Vec<&str> = r["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["image", "boot", "ssh", "deploy", "verify"]);
-    assert!(r["phases"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .starts_with("reused"));
     for p in r["phases"].as_array().unwrap() {
         eprintln!(
             "phase {:<7} {:>7.1}s  {}",
@@ -260,12 +143,6 @@ fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
             p["detail"].as_str().unwrap()
         );
     }
-    let port: u16 = err
-        .lines()
-        .find_map(|l| l.split("SSH at 127.0.0.1:").nth(1))
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.trim().parse().ok())
-        .expect("forwarded port in the output");
     let via = format!("10.99.0.70:22=127.0.0.1:{port}");
     let ssh = |extra: &[&str]| {
         let mut a: Vec<&str> = extra.to_vec();
@@ -300,19 +177,7 @@ fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use labforge::transport::Transport;
-        let mut opts = labforge::transport::ssh::SshOptions {
-            user: "ops".into(),
-            identity: Some(key.clone()),
-            known_hosts: lab.root().join(".labforge/known_hosts"),
-            trust_on_first_use: false,
-            connect_timeout: std::time::Duration::from_secs(20),
-            command_timeout: std::time::Duration::from_secs(60),
-            connect_via: Default::default(),
-        };
-        opts.connect_via.insert(
-            "10.99.0.70:22".parse().unwrap(),
-            format!("127.0.0.1:{port}").parse().unwrap(),
-        );
+        let opts = e2e_lab::guest_ssh(&lab, "10.99.0.70", port);
         let t = labforge::transport::ssh::SshTransport::connect("vulcan", "10.99.0.70", 22, &opts)
             .await
             .unwrap();

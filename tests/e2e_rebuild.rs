@@ -132,6 +132,45 @@ fn vulcan_is_built_booted_deployed_and_verified_in_qemu() {
     assert_eq!(m["seed"]["method"], "cidata");
     check_image(&img);
 
+    // Rebuild --flash: the image is written to the host's OS disk and read back (here a file, which needs
+    // --allow-file); no host answers at vulcan's address on this machine, so the SSH phase fails after
+    // --ssh-timeout and rebuild exits 1 — after the write phase left a byte-identical disk.
+    let disk = lab.root().join("vulcan-os-disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(std::fs::metadata(&img).unwrap().len())
+        .unwrap();
+    let key = lab.key();
+    let o = lab.run(&[
+        "rebuild",
+        "vulcan",
+        "--flash",
+        disk.to_str().unwrap(),
+        "--allow-file",
+        "--yes",
+        "--ssh-timeout",
+        "3",
+        "--identity",
+        key.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", stdout(&o), stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let phases: Vec<(&str, bool)> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        phases,
+        [("image", true), ("write", true), ("ssh", false)],
+        "{r}"
+    );
+    let st = Command::new("cmp").arg(&img).arg(&disk).status().unwrap();
+    assert!(st.success(), "the flashed disk differs from the image");
+    std::fs::remove_file(&disk).unwrap();
+
     // Rebuild: reuse the image (manifest + hash), boot it, SSH with the pinned key, deploy, verify.
     let (r, _vm, port) = e2e_lab::rebuild_booted(&lab, "vulcan");
     let key = lab.key();

@@ -206,6 +206,7 @@ pub(super) fn run(job: Job) -> Result<Done, Error> {
         let mut marks = Marks {
             rx: wm_rx,
             synced: head,
+            done: false,
             size: map.image_size,
             hook,
             path: target.path(),
@@ -422,20 +423,40 @@ struct Marks<'a, 'h> {
     size: u64,
     hook: &'a mut Option<Hook<'h>>,
     path: &'a Path,
+    /// The writer's last message (`u64::MAX`) arrived: all written, final fsync done.
+    done: bool,
 }
 
 impl Marks<'_, '_> {
+    /// Take the writer's next watermark (`u64::MAX`: everything written and the final fsync done).
+    fn next(&mut self) -> Step<()> {
+        let w = self.rx.recv().map_err(|_| None)?;
+        if w == u64::MAX {
+            self.done = true;
+        }
+        let w = w.min(self.size);
+        if let Some(h) = self.hook.as_mut() {
+            h(self.path, self.synced, w);
+        }
+        self.synced = self.synced.max(w);
+        Ok(())
+    }
+
+    /// Until the target is written up to `need`.
     fn wait(&mut self, need: u64) -> Step<()> {
-        while self.synced < need {
-            let w = self.rx.recv().map_err(|_| None)?;
-            let w = w.min(self.size);
-            if let Some(h) = self.hook.as_mut() {
-                h(self.path, self.synced, w);
-            }
-            self.synced = self.synced.max(w);
-            if w == self.size {
-                break;
-            }
+        while self.synced < need && !self.done {
+            self.next()?;
+        }
+        Ok(())
+    }
+
+    /// Until the writer has written everything AND finished its final fsync. A watermark at the image's
+    /// end is not enough (regression: the read-back thread took the last chunk's watermark for the end,
+    /// stopped listening, and the writer's final message then failed — "the flash pipeline stopped without
+    /// a reason" — besides proving zeros before the final fsync).
+    fn wait_final(&mut self) -> Step<()> {
+        while !self.done {
+            self.next()?;
         }
         Ok(())
     }
@@ -481,7 +502,7 @@ fn read_target(
             zero_spans.push((a, b));
             return Ok(());
         }
-        marks.wait(size)?;
+        marks.wait_final()?;
         check(stop, abort)?;
         read_zeros(rb, zbuf, a, b, t)
     };
@@ -525,7 +546,7 @@ fn read_target(
     }
     zero_span(pos, size, marks, &mut zbuf)?;
     // Everything is written and synced before the zeros of a file target are checked.
-    marks.wait(size)?;
+    marks.wait_final()?;
     check(stop, abort)?;
     let mut holes = 0;
     for (a, b) in std::mem::take(&mut zero_spans) {

@@ -215,6 +215,41 @@ fn all_artifacts(plan: &crate::plan::Plan) -> Vec<crate::render::Artifact> {
     v
 }
 
+/// The exposure policy as a table: one row per allowed flow, then what is denied.
+fn human_exposure(o: &mut String, x: &crate::plan::exposure::Exposure) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "  exposure ({} allowed flows; everything else: {}):",
+        x.flows.len(),
+        x.default
+    );
+    let _ = writeln!(
+        o,
+        "    {:<32} {:<18} {:<10} {:<8} from",
+        "flow", "address", "port", "via"
+    );
+    for f in &x.flows {
+        let addr = match (&f.address, &f.network) {
+            (Some(a), _) => a.to_string(),
+            (None, _) => f.interface.clone(),
+        };
+        let mut from = f.from.describe();
+        if f.local_containers {
+            from.push_str(" + this host's containers");
+        }
+        let _ = writeln!(
+            o,
+            "    {:<32} {:<18} {:<10} {:<8} {}",
+            f.id,
+            addr,
+            format!("{}/{}", f.port, f.protocol.as_str()),
+            f.interface,
+            from
+        );
+    }
+}
+
 fn human_plan(plan: &crate::plan::Plan) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
@@ -255,6 +290,9 @@ fn human_plan(plan: &crate::plan::Plan) -> String {
         let _ = writeln!(o, "  deploy ({} steps):", h.deploy.len());
         for s in &h.deploy {
             let _ = writeln!(o, "    {:<40} {}", s.id, s.description);
+        }
+        if let Some(x) = &h.exposure {
+            human_exposure(&mut o, x);
         }
     }
     for c in &plan.clusters {

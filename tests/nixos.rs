@@ -273,10 +273,7 @@ fn render_check_edit_check_and_byte_identical_rerender() {
     let text = std::fs::read_to_string(&f).unwrap();
     std::fs::write(
         &f,
-        text.replace(
-            "allowedTCPPorts = [ 22 ];",
-            "allowedTCPPorts = [ 22 2222 ];",
-        ),
+        text.replace("tcp dport 22 accept", "tcp dport 2222 accept"),
     )
     .unwrap();
     let o = common::labforge(t.path(), &["render", "--check"]);

@@ -129,17 +129,19 @@ fn example_hosts_evaluate_to_the_hardened_baseline() {
             serde_json::json!([{ "type": "ed25519", "path": "/etc/ssh/ssh_host_ed25519_key" }])
         );
         // Firewall: nothing on every interface; SSH only on the management interface.
-        let fw = at(c, &["networking", "firewall"]);
+        // NixOS's own firewall is off: the compiled exposure table is the host firewall.
+        assert_eq!(at(c, &["networking", "firewall", "enable"]), false);
         assert_eq!(at(c, &["networking", "nftables", "enable"]), true);
-        assert_eq!(strs(&fw["allowedTCPPorts"]).len(), 0, "{host}");
-        for (iface, cfg) in fw["interfaces"].as_object().unwrap() {
-            let tcp = strs(&cfg["allowedTCPPorts"]);
-            assert_eq!(
-                tcp.contains(&"22".to_string()),
-                iface == mgmt_if,
-                "{host} {iface}: {tcp:?}"
-            );
-        }
+        let t = table(c);
+        let ssh: Vec<&str> = t
+            .lines()
+            .filter(|l| l.contains("tcp dport 22 accept"))
+            .collect();
+        assert_eq!(ssh.len(), 1, "{host}: {ssh:?}");
+        assert!(
+            ssh[0].contains(&format!("iifname \"{mgmt_if}\"")),
+            "{host}: {ssh:?}"
+        );
         // Users: declarative only, root locked, the admin in wheel with the spec's key.
         assert_eq!(at(c, &["users", "mutableUsers"]), false);
         assert_eq!(at(c, &["users", "users", "root", "hashedPassword"]), "!");
@@ -258,9 +260,21 @@ fn storage_services_and_networking_follow_the_spec() {
         "{etc}"
     );
     // Service ports on the servers interface only.
-    let fw = at(c, &["networking", "firewall", "interfaces"]);
-    assert_eq!(strs(&fw["eno1"]["allowedTCPPorts"]), ["80", "443"]);
-    assert_eq!(strs(&fw["eno2"]["allowedTCPPorts"]), ["22"]);
+    let t = table(c);
+    assert!(
+        t.contains("iifname \"eno1\" ip daddr 10.60.0.50 tcp dport 443 accept"),
+        "{t}"
+    );
+    assert!(
+        t.contains("iifname \"eno1\" ip daddr 10.60.0.50 tcp dport 80 accept"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "iifname \"eno2\" ip daddr 10.99.0.50 ip saddr 10.99.0.0/24 tcp dport 22 accept"
+        ),
+        "{t}"
+    );
     // Networking: NICs renamed by MAC, one default route on servers.
     let net = at(c, &["systemd", "network"]);
     assert_eq!(
@@ -299,26 +313,22 @@ fn storage_services_and_networking_follow_the_spec() {
         )),
         ["servers"]
     );
-    let rules = at(c, &["networking", "firewall", "extraInputRules"])
-        .as_str()
-        .unwrap();
+    let t = table(c);
     assert!(
-        rules.contains("iifname \"servers\" ip saddr 10.60.0.30 tcp dport 9001 accept"),
-        "{rules}"
+        t.contains("iifname \"servers\" meta l4proto tcp ct original ip daddr 10.60.0.61 ct original proto-dst 9001 ip saddr 10.60.0.30 accept"),
+        "{t}"
     );
-    let fwd = at(
+}
+
+/// The compiled nftables table NixOS loads (`networking.nftables.tables.labforge.content`).
+fn table(c: &Value) -> String {
+    at(
         c,
-        &[
-            "networking",
-            "nftables",
-            "tables",
-            "labforge-published",
-            "content",
-        ],
+        &["networking", "nftables", "tables", "labforge", "content"],
     )
     .as_str()
-    .unwrap();
-    assert!(fwd.contains("ct original proto-dst 9001 ct original ip daddr 10.60.0.61 ip saddr != 10.60.0.30 drop"), "{fwd}");
+    .unwrap()
+    .to_string()
 }
 
 /// sshd_config lines from evaluated `services.openssh.settings`, the way NixOS's settings format writes them
@@ -445,30 +455,14 @@ fn a_new_stack_port_opens_on_the_servers_interface_only() {
         "  { host = 443, network = \"servers\" },\n  { host = 8443, network = \"servers\" },\n",
     );
     let r = eval_host(t.path(), "hermes", PKGS);
-    let fw = at(&r["config"], &["networking", "firewall"]);
-    assert_eq!(
-        strs(&fw["interfaces"]["eno1"]["allowedTCPPorts"]),
-        ["80", "443", "8443"]
-    );
-    assert_eq!(strs(&fw["interfaces"]["eno2"]["allowedTCPPorts"]), ["22"]);
-    assert!(strs(&fw["allowedTCPPorts"]).is_empty());
-    let fwd = at(
-        &r["config"],
-        &[
-            "networking",
-            "nftables",
-            "tables",
-            "labforge-published",
-            "content",
-        ],
-    )
-    .as_str()
-    .unwrap();
+    let tb = table(&r["config"]);
     assert!(
-        fwd.contains(
-            "ct original proto-dst 8443 ct original ip daddr 10.60.0.50 iifname != \"eno1\" drop"
-        ),
-        "{fwd}"
+        tb.contains("iifname \"eno1\" ip daddr 10.60.0.50 tcp dport 8443 accept"),
+        "{tb}"
+    );
+    assert!(
+        tb.contains("ct original ip daddr 10.60.0.50 ct original proto-dst 8443 accept"),
+        "{tb}"
     );
     // Atlas does not run the stack: unchanged.
     let atlas = eval_host(t.path(), "atlas", PKGS);
@@ -484,9 +478,12 @@ fn a_changed_ssh_port_moves_listen_address_and_firewall() {
         let la = &at(c, &["services", "openssh", "listenAddresses"])[0];
         assert_eq!(la["port"], 2222, "{host}");
         assert_eq!(strs(at(c, &["services", "openssh", "ports"])), ["2222"]);
-        let fw = at(c, &["networking", "firewall", "interfaces"]);
-        assert_eq!(strs(&fw[mgmt_if]["allowedTCPPorts"]), ["2222"], "{host}");
-        assert!(!serde_json::to_string(fw).unwrap().contains("[22]"));
+        let t = table(c);
+        assert!(
+            t.contains(&format!("iifname \"{mgmt_if}\"")) && t.contains("tcp dport 2222 accept"),
+            "{host}: {t}"
+        );
+        assert!(!t.contains("tcp dport 22 accept"), "{host}: {t}");
     }
 }
 

@@ -162,6 +162,9 @@ pub struct Target {
     pub proto: Proto,
 }
 
+/// One probe to run: target, the source address, the expected verdict.
+type Job = (Target, Ipv4Addr, bool);
+
 #[derive(Debug, Clone)]
 pub struct Cell {
     pub source: String,
@@ -821,7 +824,7 @@ impl SimLab {
     pub fn matrix(&self) -> Matrix {
         let ports = self.probe_ports();
         let mut m = Matrix::default();
-        let mut jobs: Vec<(String, Vec<(Target, Ipv4Addr, bool)>)> = Vec::new();
+        let mut jobs: Vec<(String, Vec<Job>)> = Vec::new();
         for src in &self.clients {
             let mut list = Vec::new();
             for h in &self.hosts {

@@ -3,6 +3,8 @@
 //! per host, in a simulated lab of network namespaces built from `labforge plan --json` (tests/simlab).
 //! Run as root (`bash scripts/test.sh` installs docker.io, nftables, nix-bin, gcc's static libc).
 
+mod common;
+mod netns_lab;
 mod simlab;
 
 use simlab::{Options, Proto, SimLab};

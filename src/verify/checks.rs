@@ -137,6 +137,8 @@ pub enum Pass {
         paths: Vec<String>,
     },
     TcpClosed,
+    /// The port answers the controller (an allowed flow of the exposure policy: replies pass).
+    TcpOpen,
 }
 
 const SEED_ACCESS: &str = "seed 000 Access Model";
@@ -819,6 +821,83 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
             remediation: "never expose the Docker API on TCP".into(),
             not_applicable: None,
         });
+    }
+    v
+}
+
+/// The exposure policy from the controller's vantage point (`controller` is the source address the
+/// controller's connections to the host leave from). Every TCP port of a policy flow at a host address, plus
+/// the never-allowed ports below, is probed: a flow the policy allows from there must answer (so its replies
+/// pass), anything else must not. UDP cannot be judged by a connect, and sources other than the controller
+/// only by the simulated lab (docs/verify.md). SSH on non-management addresses and the Docker API have their
+/// own checks above and are not probed twice.
+pub fn exposure_checks(spec: &Spec, h: &Host, controller: std::net::IpAddr) -> Vec<Check> {
+    use crate::plan::exposure::{exposure, FlowKind};
+    let Some(x) = exposure(spec, h) else {
+        return Vec::new();
+    };
+    const NEVER: [u16; 3] = [23, 111, 9100];
+    let mut v = Vec::new();
+    for a in &x.addresses {
+        let mut ports: Vec<u16> = x
+            .flows
+            .iter()
+            .filter(|f| f.protocol == Proto::Tcp)
+            .map(|f| f.port)
+            .chain(NEVER)
+            .collect();
+        ports.sort();
+        ports.dedup();
+        for port in ports {
+            let flow = x.flows.iter().find(|f| {
+                f.address == Some(a.address)
+                    && f.port == port
+                    && f.protocol == Proto::Tcp
+                    && f.from.admits(controller)
+            });
+            if flow.is_none()
+                && ((port == h.hardening.ssh_port && a.role != NetRole::Management)
+                    || (a.role == NetRole::Management && [2375, 2376].contains(&port)))
+            {
+                continue;
+            }
+            let (title, pass, fix) = match flow {
+                Some(f) => (
+                    format!(
+                        "TCP {}:{port} ({}) answers the controller",
+                        a.address, f.id
+                    ),
+                    Pass::TcpOpen,
+                    match f.what {
+                        FlowKind::Published => format!(
+                            "start the service (`labforge deploy {}`) and load the rendered ruleset",
+                            h.name
+                        ),
+                        _ => "load the rendered ruleset (`labforge deploy`) and start the service".into(),
+                    },
+                ),
+                None => (
+                    format!(
+                        "TCP {}:{port} is closed to the controller ({controller}): the exposure policy does not allow it",
+                        a.address
+                    ),
+                    Pass::TcpClosed,
+                    "load the rendered ruleset (`labforge deploy`); stop what listens there".into(),
+                ),
+            };
+            v.push(Check {
+                id: format!("exposure.{}.{port}", a.network),
+                title,
+                rule: "seed 000 Access Model (exposure policy)".into(),
+                probe: Probe::Tcp {
+                    address: a.address.to_string(),
+                    port,
+                },
+                pass,
+                remediation: fix,
+                not_applicable: None,
+            });
+        }
     }
     v
 }

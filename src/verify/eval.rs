@@ -98,11 +98,18 @@ pub fn evaluate(c: &Check, f: &Facts) -> R {
             Some(Ok(())) => ok("the presented host key matches the secrets store"),
             Some(Err(e)) => fail(e.clone()),
         },
-        Probe::Tcp { address, port } => match f.tcp.get(&(address.clone(), *port)) {
-            None => err("TCP probe did not run"),
-            Some(true) => fail(format!("{address}:{port} accepted a connection")),
-            Some(false) => ok(format!("{address}:{port} refused or filtered")),
-        },
+        Probe::Tcp { address, port } => {
+            let want_open = matches!(c.pass, Pass::TcpOpen);
+            match (f.tcp.get(&(address.clone(), *port)), want_open) {
+                (None, _) => err("TCP probe did not run"),
+                (Some(true), false) => fail(format!("{address}:{port} accepted a connection")),
+                (Some(false), false) => ok(format!("{address}:{port} refused or filtered")),
+                (Some(true), true) => ok(format!("{address}:{port} answered")),
+                (Some(false), true) => fail(format!(
+                    "{address}:{port} did not answer although the exposure policy allows it from here"
+                )),
+            }
+        }
     }
 }
 

@@ -160,6 +160,15 @@ pub fn skip_unreachable_probes(checks: &mut [Check], opts: &SshOptions) {
     }
 }
 
+/// The address the controller's connections to `mgmt:port` leave from: the kernel's route lookup for a
+/// connected UDP socket (no packet is sent).
+fn controller_source(opts: &SshOptions, mgmt: &str, port: u16) -> Option<std::net::IpAddr> {
+    let sa = sockaddr_via(opts, mgmt, port)?;
+    let s = std::net::UdpSocket::bind(if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    s.connect(sa).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
 fn sockaddr(a: &str, p: u16) -> Option<SocketAddr> {
     a.parse::<std::net::IpAddr>()
         .ok()
@@ -319,12 +328,19 @@ where
 /// Verify one host end to end over SSH.
 pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
     let mut checks = checks::for_host(spec, h);
-    skip_unreachable_probes(&mut checks, &opts.ssh);
     let mgmt = h
         .management_address(spec)
         .map(|a| a.to_string())
         .unwrap_or_default();
     let port = h.hardening.ssh_port;
+    // Behind connect-address overrides (QEMU user networking) the controller is not on the lab's networks:
+    // its vantage point says nothing about the policy.
+    if let Some(src) =
+        controller_source(&opts.ssh, &mgmt, port).filter(|_| opts.ssh.connect_via.is_empty())
+    {
+        checks.extend(checks::exposure_checks(spec, h, src));
+    }
+    skip_unreachable_probes(&mut checks, &opts.ssh);
     let mut facts = Facts::default();
     // The login session also reads the server's KEXINIT and auth answer when those probes target the
     // address it logs in to (the usual case: both are the management address), saving the host two

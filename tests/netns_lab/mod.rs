@@ -75,6 +75,8 @@ pub struct TestHost {
     pub mgmt: String,
     pub servers: String,
     pub child: Option<Child>,
+    /// Stands in for the containers' published ports (docker-proxy's listeners): no Docker engine runs here.
+    pub services: Option<Child>,
 }
 
 pub struct Lab {
@@ -245,6 +247,7 @@ address = "10.60.{hi}.{lo}"
                         mgmt: format!("10.99.{}.{}", n / 250, n % 250 + 2),
                         servers: format!("10.60.{}.{}", n / 250, n % 250 + 2),
                         child: None,
+                        services: None,
                     }
                 })
                 .collect(),
@@ -492,6 +495,44 @@ address = "10.60.{hi}.{lo}"
             .unwrap();
         self.hosts[idx].child = Some(child);
         self.wait_listening(host);
+        if self.hosts[idx].services.is_none() {
+            self.start_published(idx);
+        }
+    }
+
+    /// Listeners at the addresses and ports the host's stacks publish (from the plan's exposure policy), so
+    /// verify's exposure checks find them answering as the running containers would.
+    fn start_published(&mut self, idx: usize) {
+        let name = self.hosts[idx].name.clone();
+        let o = self.labforge(&["plan", "--json", &name]);
+        assert!(o.status.success(), "plan --json {name}");
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let binds: Vec<String> = plan["hosts"][0]["exposure"]["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["delivery"] == "docker" && f["protocol"] == "tcp")
+            .map(|f| format!("('{}',{})", f["address"].as_str().unwrap(), f["port"]))
+            .collect();
+        if binds.is_empty() {
+            return;
+        }
+        let py = format!(
+            "import socket,select\nss=[]\nfor a in [{}]:\n s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(a);s.listen(64);ss.append(s)\nprint('ready',flush=True)\nwhile True:\n for s in select.select(ss,[],[])[0]:\n  c,_=s.accept();c.close()\n",
+            binds.join(",")
+        );
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[idx].ns, "python3", "-c", &py])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "published-port listeners of {name}");
+        self.hosts[idx].services = Some(c);
     }
 
     pub fn wait_listening(&self, host: &str) {
@@ -541,7 +582,7 @@ address = "10.60.{hi}.{lo}"
 impl Drop for Lab {
     fn drop(&mut self) {
         for h in &mut self.hosts {
-            if let Some(mut c) = h.child.take() {
+            for mut c in [h.child.take(), h.services.take()].into_iter().flatten() {
                 kill_tree(c.id());
                 let _ = c.wait();
             }

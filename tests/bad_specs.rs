@@ -139,3 +139,88 @@ fn json_diagnostics_carry_location_rule_and_path() {
     assert!(e["line"].as_u64().unwrap() > 1 && e["column"].as_u64().unwrap() > 1);
     assert!(!e["help"].as_str().unwrap().is_empty());
 }
+
+/// Run `check` on one case; returns (exit code, stderr, the spec dir's expectations).
+fn run_case(case: &Path) -> (Option<i32>, String, Vec<Expect>, tempfile::TempDir) {
+    let t = tempfile::tempdir().unwrap();
+    let spec = t.path().join("spec");
+    if case.is_dir() {
+        common::copy_dir(case, &spec);
+    } else {
+        std::fs::create_dir(&spec).unwrap();
+        std::fs::copy(case, spec.join(case.file_name().unwrap())).unwrap();
+    }
+    let o = common::labforge(t.path(), &["--spec", "spec", "check"]);
+    let ex = expectations(&spec);
+    (o.status.code(), common::stderr(&o), ex, t)
+}
+
+/// Cases whose one mistake still cascades into follow-on errors (issue 14, point 4: not fixed yet). The test
+/// fails when one of them is fixed, so the list only shrinks.
+const KNOWN_CASCADES: &[&str] = &[
+    "bad-address.toml",
+    "bad-cidr-prefix.toml",
+    "cidr-host-bits-set.toml",
+    "dangling-cluster-node.toml",
+    "dangling-network.toml",
+    "duplicate-host-port.toml",
+    "invalid-hostname.toml",
+    "overlapping-networks.toml",
+    "relative-mount-path.toml",
+    "secret-source-is-a-value.toml",
+    "service-port-on-user-network.toml",
+    "weak-mac-algorithm.toml",
+];
+
+/// Each mistake gives exactly one diagnostic: a case with one `# expect` line has exactly one error.
+#[test]
+fn every_bad_spec_gives_exactly_one_error_per_mistake() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (_, err, ex, _t) = run_case(&case);
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains(": error[")).collect();
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        if KNOWN_CASCADES.contains(&name.as_str()) {
+            if errors.len() == ex.len() {
+                failures.push(format!("{name}: fixed — remove it from KNOWN_CASCADES"));
+            }
+            continue;
+        }
+        if errors.len() != ex.len() {
+            failures.push(format!(
+                "{}: {} expected error(s), got {}:\n{}",
+                case.file_name().unwrap().to_string_lossy(),
+                ex.len(),
+                errors.len(),
+                errors.join("\n")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
+}
+
+/// The rule catalog is proven: every error rule has a bad-spec case that triggers it.
+#[test]
+fn every_rule_in_the_catalog_has_a_bad_spec_case() {
+    let mut covered = std::collections::BTreeSet::new();
+    for case in cases() {
+        let (_, _, ex, _t) = run_case(&case);
+        covered.extend(ex.into_iter().map(|e| e.rule));
+    }
+    // Warning-only rules cannot fail `check` on their own; tests/spec_model.rs covers them.
+    const WARNING_ONLY: &[&str] = &["SPEC025"];
+    let missing: Vec<&str> = labforge::spec::rules::RULES
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| !covered.contains(*id) && !WARNING_ONLY.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules without a bad-spec case in tests/fixtures/bad-specs/: {missing:?}"
+    );
+}

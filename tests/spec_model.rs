@@ -174,3 +174,181 @@ fn regression_layer_errors_name_their_layer_not_a_bare_field() {
     assert_eq!(e.path, "roles.compute.packages[0]");
     assert!(e.line.is_some());
 }
+
+// ---- no spec string can add a line to a rendered file (issue 14, point 1) ----
+
+/// The characters that break a line somewhere: C0 (with \n \r \t \v \f), DEL, C1 (with NEL), the Unicode line
+/// and paragraph separators YAML 1.1 and JavaScript break on, and a BOM.
+const LINE_BREAKERS: &[char] = &[
+    '\n', '\r', '\t', '\0', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{2028}',
+    '\u{2029}', '\u{feff}',
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: deterministic, seedable (LABFORGE_FUZZ_SEED) so a failure can be replayed.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn join_path(prefix: &str, key: &str) -> String {
+    let key = if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if prefix.is_empty() {
+        key
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Every string leaf of a TOML value, as (field path, mutable reference).
+fn string_leaves<'a>(
+    v: &'a mut toml::Value,
+    path: String,
+    out: &mut Vec<(String, &'a mut String)>,
+) {
+    match v {
+        toml::Value::String(s) => out.push((path, s)),
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                string_leaves(x, format!("{path}[{i}]"), out);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let p = join_path(&path, k);
+                string_leaves(x, p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn insert_at(s: &mut String, rng: &mut Rng, c: char) {
+    let n = s.chars().count();
+    let at = rng.below(n + 1);
+    let byte = s.char_indices().nth(at).map(|(b, _)| b).unwrap_or(s.len());
+    s.insert(byte, c);
+}
+
+/// Property: a line-breaking character inserted anywhere in any string of the example lab (every value of every
+/// spec file, plus table keys) is refused by `check` with SPEC026 naming exactly that field, and nothing else
+/// about that field — so it can never reach a rendered file.
+#[test]
+fn no_spec_string_can_add_a_line_to_a_rendered_file() {
+    let seed: u64 = std::env::var("LABFORGE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x1abf_0e6e_2026);
+    let mut rng = Rng(seed | 1);
+    let dir = common::repo().join("hosts");
+    let mut files = Vec::new();
+    fn collect(d: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                collect(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    collect(&dir, &mut files);
+    files.sort();
+    let texts: Vec<String> = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let clean = labforge::spec::load_bytes(
+        files
+            .iter()
+            .zip(&texts)
+            .map(|(p, t)| (p.as_path(), t.as_bytes())),
+    );
+    assert!(
+        !clean.diagnostics.has_errors(),
+        "{}",
+        clean.diagnostics.render(&clean.sources)
+    );
+    let mut tried = 0;
+    for (fi, text) in texts.iter().enumerate() {
+        let doc: toml::Value = toml::from_str(text).unwrap();
+        let n = {
+            let mut d = doc.clone();
+            let mut leaves = Vec::new();
+            string_leaves(&mut d, String::new(), &mut leaves);
+            leaves.len()
+        };
+        for li in 0..n {
+            let mut d = doc.clone();
+            let mut leaves = Vec::new();
+            string_leaves(&mut d, String::new(), &mut leaves);
+            let (path, s) = leaves.swap_remove(li);
+            let c = LINE_BREAKERS[rng.below(LINE_BREAKERS.len())];
+            insert_at(s, &mut rng, c);
+            let bad = toml::to_string(&d).unwrap();
+            let l = labforge::spec::load_bytes(files.iter().enumerate().map(|(i, p)| {
+                let t = if i == fi {
+                    bad.as_str()
+                } else {
+                    texts[i].as_str()
+                };
+                (p.as_path(), t.as_bytes())
+            }));
+            assert!(
+                l.spec.is_none(),
+                "seed {seed}: {c:?} in {path} ({}) was accepted",
+                files[fi].display()
+            );
+            let errs = &l.diagnostics.errors;
+            assert!(
+                errs.iter().any(|e| e.rule == "SPEC026" && e.path == path),
+                "seed {seed}: {c:?} in {path}: no SPEC026 naming the field:\n{}",
+                l.diagnostics.render(&l.sources)
+            );
+            let about_it: Vec<_> = errs.iter().filter(|e| e.path == path).collect();
+            assert_eq!(
+                about_it.len(),
+                1,
+                "seed {seed}: {c:?} in {path}: one mistake, one error:\n{}",
+                l.diagnostics.render(&l.sources)
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried > 200, "the example lab has only {tried} strings?");
+}
+
+#[test]
+fn a_control_character_in_a_table_key_is_refused_at_the_key() {
+    let text = base().replace(
+        "APP_MODE = \"production\"",
+        "\"APP\\nMODE\" = \"production\"",
+    );
+    let l = load(&text);
+    let e: Vec<_> = l
+        .diagnostics
+        .errors
+        .iter()
+        .filter(|e| e.rule == "SPEC026")
+        .collect();
+    assert_eq!(e.len(), 1, "{}", l.diagnostics.render(&l.sources));
+    assert_eq!(
+        e[0].path,
+        "stacks.web.services.app.environment.\"APP\\nMODE\""
+    );
+}

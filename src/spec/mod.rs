@@ -4,6 +4,7 @@ pub mod model;
 pub mod raw;
 pub mod rules;
 pub mod source;
+pub mod strings;
 mod validate;
 
 use crate::diag::{Diagnostic, Diagnostics};
@@ -114,6 +115,7 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         };
         let id = sources.add(path, display, text);
         let text = &sources.files[id].text;
+        strings::check_file(id, text, &mut diags);
         match toml::from_str::<RawFile>(text) {
             Ok(file) => merge_file(&mut merged, id, file, &mut diags, &sources),
             Err(e) => diags.push(parse_error(id, text, &e)),
@@ -130,6 +132,7 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         );
     }
     let spec = validate::validate(&merged, &sources, &mut diags);
+    strings::dedupe(&mut diags);
     let diagnostics = Diagnostics::from_list(diags, &sources);
     let spec = if diagnostics.has_errors() { None } else { spec };
     Loaded {

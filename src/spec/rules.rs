@@ -39,6 +39,8 @@ rules! {
     "SPEC023", None, "invalid port number";
     "SPEC024", None, "invalid secret reference";
     "SPEC025", None, "unused definition";
+    "SPEC026", None, "control character in a spec string";
+    "SPEC027", None, "invalid mount option";
     "S000-SSH-MGMT", Some("000"), "SSH only on the management network";
     "S000-ROOT-LOGIN", Some("000"), "root login disabled, non-root admin with a key required";
     "S000-KEY-AUTH", Some("000"), "SSH key authentication only";

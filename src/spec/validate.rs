@@ -119,6 +119,26 @@ fn is_mac(s: &str) -> bool {
             .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// One mount option token as fstab, systemd and NixOS `fileSystems.*.options` take it.
+pub fn is_mount_option(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && (s.as_bytes()[0].is_ascii_alphanumeric() || s.as_bytes()[0] == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.=:/+@-".contains(&b))
+}
+
+/// A value shortened for a message (long values would bury the message).
+pub fn elide(s: &str) -> String {
+    const MAX: usize = 60;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(MAX - 1).collect();
+        format!("{head}…")
+    }
+}
+
 fn is_package(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -524,8 +544,24 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
             }
             let mut keys = Vec::new();
             for (j, k) in a.ssh_keys.iter().enumerate() {
-                match ssh_key::PublicKey::from_openssh(k.get_ref().trim()) {
-                    Ok(_) => keys.push(k.get_ref().trim().to_string()),
+                let text = k.get_ref().trim();
+                if super::strings::forbidden_char(text).is_some() {
+                    continue; // SPEC026 already names this string.
+                }
+                // Every OpenSSH key blob starts `AAAA` (the big-endian length of its type name).
+                let blobs = text.split(' ').filter(|w| w.starts_with("AAAA")).count();
+                if blobs > 1 {
+                    c.err(
+                        "SPEC017",
+                        format!("{p}.ssh_keys[{j}]"),
+                        at(f, k),
+                        format!("this string holds {blobs} SSH keys"),
+                        "write one key per string: ssh_keys = [\"ssh-ed25519 AAAA… a@b\", \"ssh-ed25519 AAAA… c@d\"]",
+                    );
+                    continue;
+                }
+                match ssh_key::PublicKey::from_openssh(text) {
+                    Ok(_) => keys.push(text.to_string()),
                     Err(e) => c.err(
                         "SPEC017",
                         format!("{p}.ssh_keys[{j}]"),
@@ -1819,6 +1855,19 @@ fn host_pass1(
                     at(*lf, v),
                     format!("`{}` is not an absolute path", v.get_ref()),
                     "write an absolute, normalised path",
+                );
+            }
+        }
+        for (oi, o) in mt.options.iter().enumerate() {
+            let o = o.get_ref();
+            if super::strings::forbidden_char(o).is_none() && !is_mount_option(o) {
+                c.err(
+                    "SPEC027",
+                    format!("{mp}.options[{oi}]"),
+                    at(*lf, &mt.options[oi]),
+                    format!("`{}` is not one mount option", elide(o)),
+                    "write one option per list item, e.g. options = [\"nfsvers=4.2\", \"noatime\"]: \
+                     letters, digits and _ . = : / + @ - only, no spaces or commas",
                 );
             }
         }

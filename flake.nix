@@ -10,8 +10,10 @@
   description = "labforge: the homelab lab from one spec";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
-    nixos-hardware.url = "github:NixOS/nixos-hardware";
+    # One NixOS release for every host and the labforge package (its rustc is the crate's MSRV bound), and
+    # nixos-hardware at a fixed commit (it has no release branches). `nix flake lock` records both.
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    nixos-hardware.url = "github:NixOS/nixos-hardware/2151720d04f43424a0c7da63c38b8f2e15e1cf4d";
   };
 
   outputs =
@@ -40,12 +42,28 @@
         }
       ) hosts;
 
+      # The image is the host's own system. Pis: the SD-image module is part of the host's configuration, so
+      # `sdImage` holds exactly what deploy switches to. x86: the disk image is built from the host's own
+      # configuration with nixpkgs' make-disk-image (GPT, ESP labelled ESP, ext4 root labelled nixos: the
+      # layout hardware.nix mounts). Not `system.build.images.raw-efi`: that variant adds the disk-image
+      # module, whose `fileSystems = mkImageMediaOverride { ... }` replaces every file system of the host
+      # (data disks, NFS mounts) in the image.
       imageOf =
         name: host:
         let
-          config = nixosConfigurations.${name}.config;
+          system = nixosConfigurations.${name};
         in
-        if host.image == "sd-image" then config.system.build.sdImage else config.system.build.images.raw-efi;
+        if host.image == "sd-image" then
+          system.config.system.build.sdImage
+        else
+          import "${nixpkgs}/nixos/lib/make-disk-image.nix" {
+            inherit lib;
+            inherit (system) config pkgs;
+            format = "raw";
+            partitionTableType = "efi";
+            diskSize = "auto";
+            baseName = "nixos-image-${name}";
+          };
 
       labforgeFor =
         pkgs:

@@ -191,7 +191,7 @@ fn full_gpt_image_grows_and_moves_the_backup_header() {
     let b = build(t.path(), "x86", "prometheus", &base, &out).unwrap();
     assert_eq!(b.manifest.seed.as_ref().unwrap().grew_from, Some(64 * MIB));
     let size = std::fs::metadata(&out).unwrap().len();
-    assert!(size > 64 * MIB && size % MIB == 0, "{size}");
+    assert!(size > 64 * MIB && size.is_multiple_of(MIB), "{size}");
     assert_eq!(b.manifest.image.size, size);
     // sfdisk checks both headers, both entry arrays, the protective MBR and the backup at the end.
     sfdisk_verify(&out);

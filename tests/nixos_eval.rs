@@ -604,13 +604,20 @@ in {{
     );
     let v = nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v["outputsIsFunction"], true);
+    // One pinned release and nixos-hardware commit (tests/nixos_pin.rs ties them to the manifest's [meta]).
     assert_eq!(
         v["inputUrls"]["nixpkgs"],
-        "github:NixOS/nixpkgs/nixos-25.05"
+        format!(
+            "github:NixOS/nixpkgs/{}",
+            labforge::render::nixos::NIXOS_RELEASE
+        )
     );
     assert_eq!(
         v["inputUrls"]["nixos-hardware"],
-        "github:NixOS/nixos-hardware"
+        format!(
+            "github:NixOS/nixos-hardware/{}",
+            labforge::render::nixos::NIXOS_HARDWARE_REV
+        )
     );
     assert_eq!(
         v["platforms"],

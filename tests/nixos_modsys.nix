@@ -2,7 +2,12 @@
 # imports, options with defaults, mkIf pushed down like NixOS does, mkDefault/mkForce priorities, list
 # concatenation and an error on conflicting definitions. Imports from nixpkgs (modulesPath) and flake inputs
 # are recorded in `external`, not evaluated. It evaluates the rendered modules honestly; it is not NixOS.
-{ modules, specialArgs ? { }, pkgNames ? [ ] }:
+# `copies` maps an external (its `_external` name or its modulesPath string) to a copy of the definitions
+# that upstream module makes (tests/nixopts/image-modules.nix): it is then evaluated, and still recorded.
+# `attrsOptions` are options of type attrsOf (submodule) whose priorities NixOS resolves on the whole option
+# (filterOverrides over the option's definitions) before merging attributes: `fileSystems = mkForce { … }`
+# replaces every other module's file systems, as in NixOS; below them, attributes merge as usual.
+{ modules, specialArgs ? { }, pkgNames ? [ ], copies ? { }, attrsOptions ? [ [ "fileSystems" ] ] }:
 let
   inherit (builtins) isAttrs isList isFunction isPath isString attrNames concatMap filter foldl' head all any listToAttrs;
   hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
@@ -18,9 +23,11 @@ let
   pkgs = listToAttrs (map (n: { name = n; value = "/stub/pkgs/${n}"; }) pkgNames);
   args = { inherit config lib pkgs modulesPath; } // specialArgs;
 
+  withCopy = name: if copies ? ${name} then let c = load copies.${name}; in c // { external = [ name ] ++ c.external; }
+    else { external = [ name ]; defs = [ ]; opts = [ ]; };
   load = m:
-    if isAttrs m && m ? _external then { external = [ m._external ]; defs = [ ]; opts = [ ]; }
-    else if isString m && hasPrefix modulesPath m then { external = [ m ]; defs = [ ]; opts = [ ]; }
+    if isAttrs m && m ? _external then withCopy m._external
+    else if isString m && hasPrefix modulesPath m then withCopy m
     else
       let
         f = if isPath m || isString m then import m else m;
@@ -57,6 +64,16 @@ let
   prio = d: if isAttrs d && (d._type or null) == "override" then d.priority else 100;
   content = d: if isAttrs d && (d._type or null) == "override" then content d.content else d;
   merge = path: ds:
+    let pushed = map pushDown ds; in
+    if builtins.elem path attrsOptions then
+      let
+        # mkIf on the whole value is discharged here; mkIf inside it stays for the attributes.
+        discharged = filter (d: !(isAttrs d && d ? _absent)) (map (d: if isAttrs d && (d._type or null) == "if" then (if d.condition then d.content else absent) else d) ds);
+        best = foldl' (m: d: if prio d < m then prio d else m) 2000 discharged;
+        vals = map content (filter (d: prio d == best) discharged);
+      in if vals == [ ] then absent else mergeAttrs path vals
+    else mergeAttrs path ds;
+  mergeAttrs = path: ds:
     let pushed = map pushDown ds; in
     if pushed != [ ] && all isPlain pushed then
       let

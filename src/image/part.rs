@@ -159,7 +159,7 @@ pub fn read(f: &File) -> Result<Table> {
     let entries_lba = u64at(&h, 72);
     let num_entries = u32at(&h, 80) as usize;
     let entry_size = u32at(&h, 84) as usize;
-    if entry_size < 128 || entry_size % 8 != 0 || num_entries == 0 || num_entries > 4096 {
+    if entry_size < 128 || !entry_size.is_multiple_of(8) || num_entries == 0 || num_entries > 4096 {
         bail!("the GPT declares {num_entries} entries of {entry_size} bytes: not supported");
     }
     let entries = read_at(f, entries_lba * SECTOR, num_entries * entry_size)?;

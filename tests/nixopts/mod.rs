@@ -522,6 +522,18 @@ impl Ctx<'_> {
                 }
                 return self.leaf(key, disp, nested, &at);
             }
+            // `either (listOf str) (attrsOf bool)` (nixpkgs' coercedTo, e.g. boot.supportedFilesystems): a
+            // dotted path defines the attribute-set form; the built value is checked against the whole type.
+            Some((Ty::OneOf(alts), _, _))
+                if alts.iter().any(|a| matches!(a, Ty::AttrsOf(_) | Ty::Attrs)) =>
+            {
+                let val = self.value_of(&v, 0);
+                let mut nested = val;
+                for s in segs.iter().rev() {
+                    nested = Val::Attrs(vec![(s.clone(), nested, 0)]);
+                }
+                return self.leaf(key, disp, nested, &at);
+            }
             Some((Ty::Submodule, _, _)) | Some((Ty::UnitSection, _, _)) => k.push(seg.clone()),
             Some((_, text, _)) => {
                 return self.err(&at, format!("{}: is an option of type {text}, not an attribute set: `{}` is not an option", Self::show(disp), Self::show(&d)));

@@ -10,7 +10,7 @@
     "${modulesPath}/installer/scan/not-detected.nix"
   ];
 
-  # UEFI with systemd-boot, laid out like the raw-efi image (`system.build.images.raw-efi`) that is written
+  # UEFI with systemd-boot, laid out like the disk image `nix build .#images.<host>` writes (make-disk-image, efi)
   # to the OS disk (/dev/disk/by-id/ata-CT500MX500SSD1_2001E0000001): ESP labelled ESP, ext4 root labelled nixos, grown on first boot.
   boot.loader.systemd-boot.enable = true;
   boot.loader.systemd-boot.editor = false;

@@ -9,6 +9,8 @@
 
 mod context;
 
+pub use context::{NIXOS_HARDWARE_REV, NIXOS_RELEASE};
+
 use crate::render::{Artifact, Backend, Kind, RenderCtx};
 use crate::spec::model::{Os, Spec};
 use anyhow::{anyhow, Context as _, Result};

@@ -4,16 +4,36 @@
 # No secret is ever written here: this file is copied into the world-readable Nix store.
 #
 # Board rpi5: boot loader, root file system and the image variant `nix build .#images.pi5` builds.
-{ inputs, modulesPath, ... }:
+{ inputs, lib, modulesPath, ... }:
 {
-  # Raspberry Pi: the generic aarch64 SD image (U-Boot + extlinux, root on the card's NIXOS_SD partition)
-  # plus the board support from nixos-hardware. The image is `config.system.build.sdImage`.
+  # Raspberry Pi: nixpkgs' aarch64 SD image (firmware partition FIRMWARE with the Pi firmware and U-Boot, ext4
+  # root NIXOS_SD that grows to the card on first boot) plus nixos-hardware's board profile, which picks the
+  # kernel (`boot.kernelPackages`, mkDefault: the Raspberry Pi kernel), the device trees and the initrd modules
+  # the board needs. The image is `config.system.build.sdImage`; it is this system, nothing is swapped in.
   imports = [
     "${modulesPath}/installer/sd-card/sd-image-aarch64.nix"
     inputs.nixos-hardware.nixosModules.raspberry-pi-5
   ];
 
+  # The SD-image module turns on the installer's all-hardware initrd (modules for every PC controller); the
+  # Raspberry Pi kernel does not build many of them and the initrd fails with "Module ... not found"
+  # (nixpkgs#154163). The board profile lists the modules the Pi needs.
+  hardware.enableAllHardware = lib.mkForce false;
+  # The SD-image module's base profile enables ZFS where it is available; ZFS is built per kernel and is
+  # not cached for the Raspberry Pi kernel (nixpkgs#562666). labforge never puts ZFS on a Pi.
+  boot.supportedFilesystems.zfs = lib.mkForce false;
+  # U-Boot reads extlinux.conf from the root file system: boot generations and rollback, as nixos-hardware's
+  # Raspberry Pi profiles assume.
+  boot.loader.grub.enable = false;
+  boot.loader.generic-extlinux-compatible.enable = true;
+  # nixos-hardware's firmware module writes the card's firmware partition at image build time (GPU boot code,
+  # device trees, config.txt; it replaces sd-image-aarch64.nix's populateFirmwareCommands). With U-Boot
+  # enabled it copies u-boot.bin there and points config.txt's `kernel` at it, so the firmware loads U-Boot,
+  # which reads extlinux.conf (nixos-hardware raspberry-pi/README.md, "Firmware install").
+  hardware.raspberry-pi.firmware.uboot.enable = true;
+
   # labforge writes the image to the card itself (`labforge flash`): keep it uncompressed.
   sdImage.compressImage = false;
+  # The Wi-Fi/Bluetooth firmware (nixos-hardware sets it too).
   hardware.enableRedistributableFirmware = true;
 }

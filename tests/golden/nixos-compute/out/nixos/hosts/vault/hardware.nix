@@ -10,7 +10,7 @@
     "${modulesPath}/profiles/qemu-guest.nix"
   ];
 
-  # UEFI with systemd-boot, laid out like the raw-efi image (`system.build.images.raw-efi`) that is written
+  # UEFI with systemd-boot, laid out like the disk image `nix build .#images.<host>` writes (make-disk-image, efi)
   # to the OS disk: ESP labelled ESP, ext4 root labelled nixos, grown on first boot.
   boot.loader.systemd-boot.enable = true;
   boot.loader.systemd-boot.editor = false;

@@ -40,6 +40,8 @@ pub enum Probe {
     HostKeyPinned { address: String, port: u16 },
     /// A TCP connect from the controller.
     Tcp { address: String, port: u16 },
+    /// Whether the remote probes' output was accepted (framing, nonce, host-key signature).
+    Integrity,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +139,8 @@ pub enum Pass {
         paths: Vec<String>,
     },
     TcpClosed,
+    /// The remote output parsed exactly and its signature verified.
+    Authentic,
 }
 
 const SEED_ACCESS: &str = "seed 000 Access Model";
@@ -482,6 +486,14 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         "reinstall the host from its seed, or `labforge render` if the store's key was replaced on purpose".into(),
     );
     push(
+        "probe.output-authentic",
+        "the host's probe output is exactly framed (this run's nonce) and signed by its pinned host key".into(),
+        SEED_ACCESS,
+        Probe::Integrity,
+        Pass::Authentic,
+        "find what rewrites command output on the host — a ForceCommand wrapper, the admin's login-shell startup files (a `sudo` or `exec` function in ~/.bashrc, ~/.zshenv), a replaced sudo or sh — remove it, and re-run verify".into(),
+    );
+    push(
         "hostkey.types",
         "sshd serves only the spec's host key types (RSA ≥ 3072 bits)".into(),
         SEED_ACCESS,
@@ -497,7 +509,11 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         "remove other HostKey lines and key files; keep /etc/ssh/ssh_host_ed25519_key".into(),
     );
     // --- listeners ---
-    let ss = remote("ss", "ss", "ss -Htulnp".into());
+    let ss = remote(
+        "listeners",
+        super::listeners::TOOL,
+        super::listeners::PROBE.into(),
+    );
     let mut allowed_addrs: Vec<String> = h
         .interfaces
         .iter()
@@ -619,8 +635,11 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
             "the Docker API listens on no TCP port and daemon.json has no tcp:// host".into(),
             remote(
                 "docker-daemon",
-                "ss",
-                "ss -Htlnp; echo '--daemon.json--'; cat \"${LABFORGE_ROOT:-}/etc/docker/daemon.json\" 2>/dev/null || true".into(),
+                super::listeners::TOOL,
+                format!(
+                    "{}\necho '--daemon.json--'; cat \"${{LABFORGE_ROOT:-}}/etc/docker/daemon.json\" 2>/dev/null || true",
+                    super::listeners::PROBE
+                ),
             ),
             Pass::DockerNoTcpSocket,
             "remove `-H tcp://` / `hosts` from dockerd; use the unix socket",
@@ -681,7 +700,12 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         });
     }
     // --- accounts ---
-    let passwd = remote("passwd", "getent", "getent passwd".into());
+    // Without the GECOS field: a user may change their own full name (chfn), so it is never parsed.
+    let passwd = remote(
+        "passwd",
+        "getent",
+        "getent passwd | cut -d: -f1,2,3,4,6,7".into(),
+    );
     let mut push = |id: &str, title: String, rule: &str, probe: Probe, pass: Pass, fix: String| {
         v.push(Check {
             id: id.to_string(),

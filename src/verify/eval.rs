@@ -4,15 +4,15 @@ use super::checks::{Check, Pass, Probe};
 use super::{Facts, RemoteOut, Status};
 use serde_json::Value;
 
-type R = (Status, String);
+pub(super) type R = (Status, String);
 
-fn ok(d: impl Into<String>) -> R {
+pub(super) fn ok(d: impl Into<String>) -> R {
     (Status::Pass, d.into())
 }
-fn fail(d: impl Into<String>) -> R {
+pub(super) fn fail(d: impl Into<String>) -> R {
     (Status::Fail, d.into())
 }
-fn err(d: impl Into<String>) -> R {
+pub(super) fn err(d: impl Into<String>) -> R {
     (Status::Error, d.into())
 }
 
@@ -31,7 +31,21 @@ pub fn evaluate(c: &Check, f: &Facts) -> R {
                     "probe `{key}` failed with status {status}: {}",
                     output.trim()
                 )),
-                Some(RemoteOut::Ok(out)) => remote(&c.pass, out),
+                Some(RemoteOut::Ok(out)) => match &c.pass {
+                    Pass::SshdHostKeyAlgorithms { allowed } => {
+                        super::eval_sshd::hostkey_algorithms(out, allowed, f)
+                    }
+                    p => remote(p, out),
+                },
+            }
+        }
+        Probe::Accounts { ctx } => {
+            if let Some(e) = &f.remote_error {
+                return err(e.clone());
+            }
+            match super::accounts::analyze(ctx, &f.remote) {
+                Err(e) => err(e),
+                Ok(a) => super::eval_sshd::accounts(ctx, &c.pass, &a),
             }
         }
         Probe::Kexinit { .. } => match &f.kexinit {
@@ -138,7 +152,7 @@ fn subset(got: &[String], allowed: &[String], what: &str) -> R {
 }
 
 /// `sshd -T` output → keyword → values (keywords repeat, e.g. listenaddress).
-fn sshd_map(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+pub(super) fn sshd_map(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for l in out.lines() {
         let mut it = l.splitn(2, ' ');
@@ -192,6 +206,19 @@ fn remote(p: &Pass, out: &str) -> R {
                     ok(format!("{keyword} {v}"))
                 }
                 Some((v, _)) => fail(format!("{keyword} {v} (want at most {max})")),
+            }
+        }
+        Pass::SshdAll { want } => {
+            let m = sshd_map(out);
+            let bad = super::accounts::mismatches(&m, want);
+            if bad.is_empty() {
+                ok(want
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", v[0]))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+            } else {
+                fail(bad.join(", "))
             }
         }
         Pass::SshdSubset { keyword, allowed } => {

@@ -3,10 +3,13 @@
 //! Remote probes of one host run as ONE script over one SSH channel (each probe framed by markers), the
 //! wire probes (KEXINIT, auth methods) and the controller's TCP probes run concurrently beside it.
 
+pub mod accounts;
 pub mod batch;
 pub mod checks;
 pub mod eval;
+mod eval_sshd;
 pub mod listeners;
+pub mod probes;
 
 use crate::spec::model::{Host, Spec};
 use crate::transport::ssh::{self, SshOptions};
@@ -21,6 +24,8 @@ use std::time::Duration;
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
+    /// Passes, with something the operator should fix (never changes the exit code).
+    Warn,
     Fail,
     Error,
     Skip,
@@ -30,6 +35,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
+            Status::Warn => "warn",
             Status::Fail => "fail",
             Status::Error => "error",
             Status::Skip => "skip",
@@ -137,17 +143,35 @@ pub enum RemoteError {
     Refused(String),
 }
 
-/// The distinct remote probes of `checks`, in catalog order.
+/// The distinct remote probes of `checks`, in catalog order (with the account checks' phase-1 probes).
 pub fn remote_probes(checks: &[Check]) -> Vec<(String, String, String)> {
     let mut probes: Vec<(String, String, String)> = Vec::new();
+    let mut add = |p: (String, String, String)| {
+        if !probes.iter().any(|x| x.0 == p.0) {
+            probes.push(p);
+        }
+    };
     for c in checks.iter().filter(|c| c.not_applicable.is_none()) {
-        if let Probe::Remote { key, tool, command } = &c.probe {
-            if !probes.iter().any(|p| &p.0 == key) {
-                probes.push((key.clone(), tool.clone(), command.clone()));
+        match &c.probe {
+            Probe::Remote { key, tool, command } => {
+                add((key.clone(), tool.clone(), command.clone()))
             }
+            Probe::Accounts { .. } => accounts::phase1_probes().into_iter().for_each(&mut add),
+            _ => {}
         }
     }
     probes
+}
+
+/// The account checks' context, if any is active.
+fn accounts_ctx(checks: &[Check]) -> Option<&accounts::Ctx> {
+    checks
+        .iter()
+        .filter(|c| c.not_applicable.is_none())
+        .find_map(|c| match &c.probe {
+            Probe::Accounts { ctx } => Some(ctx.as_ref()),
+            _ => None,
+        })
 }
 
 /// Run `probes` as one batch over `t` (script on stdin, as root) and accept only exactly framed output,
@@ -176,12 +200,20 @@ pub async fn run_batch(
     }
 }
 
-/// Run the remote probes of `checks` over an existing transport.
+/// Run the remote probes of `checks` over an existing transport: the main batch, then — when the account
+/// checks need it (the config has `Match` blocks) — a second batch over the same session.
 pub async fn remote_facts(
     t: &dyn Transport,
     checks: &[Check],
 ) -> Result<BTreeMap<String, RemoteOut>, RemoteError> {
-    run_batch(t, &remote_probes(checks)).await
+    let mut m = run_batch(t, &remote_probes(checks)).await?;
+    if let Some(ctx) = accounts_ctx(checks) {
+        let p2 = accounts::phase2_probes(ctx, &m);
+        if !p2.is_empty() {
+            m.extend(run_batch(t, &p2).await?);
+        }
+    }
+    Ok(m)
 }
 
 /// Record a batch result in `facts`.
@@ -531,7 +563,7 @@ pub fn human(reports: &[HostReport]) -> String {
                 c.status.as_str(),
                 d
             );
-            if c.status == Status::Fail {
+            if c.status == Status::Fail || c.status == Status::Warn {
                 let _ = writeln!(
                     o,
                     "{:<14} {:<34} {:<6} fix: {} ({})",
@@ -542,15 +574,16 @@ pub fn human(reports: &[HostReport]) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<14} {:>5} {:>5} {:>5} {:>5}",
-        "SUMMARY", "pass", "fail", "error", "skip"
+        "\n{:<14} {:>5} {:>5} {:>5} {:>5} {:>5}",
+        "SUMMARY", "pass", "warn", "fail", "error", "skip"
     );
     for r in reports {
         let _ = writeln!(
             o,
-            "{:<14} {:>5} {:>5} {:>5} {:>5}",
+            "{:<14} {:>5} {:>5} {:>5} {:>5} {:>5}",
             r.host,
             r.count(Status::Pass),
+            r.count(Status::Warn),
             r.count(Status::Fail),
             r.count(Status::Error),
             r.count(Status::Skip)
@@ -603,6 +636,11 @@ pub fn junit(reports: &[HostReport]) -> String {
             ));
             match c.status {
                 Status::Pass => {}
+                Status::Warn => o.push_str(&format!(
+                    "<system-out>warning: {}\nfix: {}</system-out>",
+                    xml_escape(&c.detail),
+                    xml_escape(&c.remediation)
+                )),
                 Status::Fail => o.push_str(&format!(
                     "<failure message=\"{}\">{}\nfix: {} ({})</failure>",
                     xml_escape(&c.title),

@@ -125,6 +125,8 @@ fn verify_hardened_passes_and_each_planted_weakness_fails_exactly() {
             &[
                 "sshd.user.passwordauthentication",
                 "sshd.user.authenticationmethods",
+                // The same block seen from every user-network address and its own CIDR.
+                "sshd.addresses.auth",
             ],
         ),
         ("weakmac", &["sshd.mgmt.macs", "wire.macs"]),

@@ -199,14 +199,17 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 .collect();
             let base = ssh_options(&root, &spec, ssh, None)?;
             let spec = Arc::new(spec);
-            let sem = Arc::new(tokio::sync::Semaphore::new(*parallel as usize));
-            let reports = rt.block_on(async {
-                let mut hs = Vec::new();
-                for n in names {
+            let pt = Duration::from_millis((*probe_timeout_ms).max(50));
+            let tofu = ssh.trust_on_first_use.clone();
+            let per_host_user = ssh.user.is_none();
+            // A host whose task panics still gets a report (an `error`): it can never vanish from the run.
+            let reports = rt.block_on(crate::verify::run_hosts(
+                &names,
+                *parallel as usize,
+                |n: String| {
                     let spec = spec.clone();
-                    let sem = sem.clone();
                     let mut o = base.clone();
-                    if ssh.user.is_none() {
+                    if per_host_user {
                         o.user = spec.hosts[&n]
                             .admins
                             .first()
@@ -214,25 +217,16 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                             .or_else(|| first_admin(&spec))
                             .unwrap_or_else(|| "root".into());
                     }
-                    o.trust_on_first_use = ssh.trust_on_first_use.contains(&n);
-                    let pt = Duration::from_millis((*probe_timeout_ms).max(50));
-                    hs.push(tokio::spawn(async move {
-                        let _p = sem.acquire_owned().await;
+                    o.trust_on_first_use = tofu.contains(&n);
+                    async move {
                         let opts = crate::verify::Options {
                             ssh: o,
                             probe_timeout: pt,
                         };
                         crate::verify::verify_host(&spec, &spec.hosts[&n], &opts).await
-                    }));
-                }
-                let mut v = Vec::new();
-                for h in hs {
-                    if let Ok(r) = h.await {
-                        v.push(r);
                     }
-                }
-                v
-            });
+                },
+            ));
             if let Some(p) = junit {
                 crate::render::write_atomic(p, crate::verify::junit(&reports).as_bytes(), 0o644)?;
             }

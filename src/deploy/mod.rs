@@ -181,43 +181,57 @@ pub async fn deploy(ctx: Arc<Ctx>, plans: Vec<HostPlan>, parallel: usize) -> Vec
     for hp in plans {
         let ctx = ctx.clone();
         let sem = sem.clone();
-        handles.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let name = hp.name.clone();
-            let r = run_host(&ctx, &hp).await;
-            let s = match r {
-                Ok((st, changed, detail)) => HostSummary {
-                    host: name.clone(),
-                    status: st,
-                    changed,
-                    detail,
-                },
-                Err((changed, e)) => HostSummary {
-                    host: name.clone(),
-                    status: StepStatus::Failed,
-                    changed,
-                    detail: format!("{e:#}"),
-                },
-            };
-            (ctx.sink)(&Event::HostDone {
-                host: s.host.clone(),
-                status: s.status.clone(),
-                changed: s.changed,
-                detail: s.detail.clone(),
-            });
-            s
-        }));
+        let host = hp.name.clone();
+        handles.push((
+            host,
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let name = hp.name.clone();
+                let r = run_host(&ctx, &hp).await;
+                let s = match r {
+                    Ok((st, changed, detail)) => HostSummary {
+                        host: name.clone(),
+                        status: st,
+                        changed,
+                        detail,
+                    },
+                    Err((changed, e)) => HostSummary {
+                        host: name.clone(),
+                        status: StepStatus::Failed,
+                        changed,
+                        detail: format!("{e:#}"),
+                    },
+                };
+                (ctx.sink)(&Event::HostDone {
+                    host: s.host.clone(),
+                    status: s.status.clone(),
+                    changed: s.changed,
+                    detail: s.detail.clone(),
+                });
+                s
+            }),
+        ));
     }
     let mut out = Vec::new();
-    for h in handles {
+    for (host, h) in handles {
         match h.await {
             Ok(s) => out.push(s),
-            Err(e) => out.push(HostSummary {
-                host: "?".into(),
-                status: StepStatus::Failed,
-                changed: 0,
-                detail: format!("internal error: {e}"),
-            }),
+            // A host whose task panicked is a failed host (never dropped, never `?`).
+            Err(e) => {
+                let s = HostSummary {
+                    host,
+                    status: StepStatus::Failed,
+                    changed: 0,
+                    detail: format!("the deploy task did not finish ({e}); the host's state is unknown: run `labforge deploy --dry-run` and `labforge verify` for it"),
+                };
+                (ctx.sink)(&Event::HostDone {
+                    host: s.host.clone(),
+                    status: s.status.clone(),
+                    changed: 0,
+                    detail: s.detail.clone(),
+                });
+                out.push(s);
+            }
         }
     }
     out
@@ -722,6 +736,13 @@ async fn exec_step(
         ),
         Action::Verify => {
             let r = ctx.connector.verify(&ctx.spec, &hp.name).await;
+            if r.results.is_empty() || r.count(verify::Status::Pass) == 0 {
+                bail!(
+                    "verify evaluated no check of `{}` ({} result(s), none passing): not a pass",
+                    hp.name,
+                    r.results.len()
+                );
+            }
             let fails = r.failing();
             let errors: Vec<&str> = r
                 .results

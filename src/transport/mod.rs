@@ -63,6 +63,21 @@ pub trait Transport: Send + Sync {
     /// Whether commands need `sudo -n` for root (connected as a non-root user).
     fn needs_sudo(&self) -> bool;
 
+    /// The host public key (`algo base64`) this session was pinned to, if it has one.
+    fn host_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The command that runs, as root, the shell script it reads on stdin: the script itself never appears
+    /// on the command line (`ps`, a `ForceCommand`'s `SSH_ORIGINAL_COMMAND`, the login shell's history).
+    fn privileged_stdin(&self) -> &'static str {
+        if self.needs_sudo() {
+            "exec sudo -n /bin/sh -s"
+        } else {
+            "exec /bin/sh -s"
+        }
+    }
+
     /// Run `cmd` and fail unless it exits 0.
     fn run<'a>(
         &'a self,

@@ -81,6 +81,8 @@ pub struct SshTransport {
     user: String,
     handle: tokio::sync::Mutex<client::Handle<Handler>>,
     command_timeout: Duration,
+    /// The host key this session's server presented and known_hosts (or trust-on-first-use) accepted.
+    host_key: String,
 }
 
 fn config() -> Arc<client::Config> {
@@ -226,8 +228,8 @@ async fn open_recording(
 impl SshTransport {
     /// Connect with the pinned host key and authenticate with the operator's key or agent.
     pub async fn connect(name: &str, addr: &str, port: u16, opts: &SshOptions) -> Result<Self> {
-        let (handle, _) = open(name, addr, port, opts).await?;
-        Self::login(name, addr, port, opts, handle).await
+        let (handle, seen) = open(name, addr, port, opts).await?;
+        Self::login(name, addr, port, opts, handle, &seen).await
     }
 
     /// [`connect`](Self::connect), and on the same connection learn what the server offers before login:
@@ -249,8 +251,8 @@ impl SshTransport {
             }
             super::probe::parse_server_hello(&bytes).map_err(|e| format!("{e:#}"))
         };
-        let mut handle = match opened {
-            Ok((h, _)) => h,
+        let (mut handle, seen) = match opened {
+            Ok(x) => x,
             Err(e) => {
                 return Probed {
                     transport: Err(e),
@@ -291,7 +293,7 @@ impl SshTransport {
             }
         }
         Probed {
-            transport: Self::login(name, addr, port, opts, handle).await,
+            transport: Self::login(name, addr, port, opts, handle, &seen).await,
             kexinit,
             auth,
         }
@@ -303,7 +305,12 @@ impl SshTransport {
         port: u16,
         opts: &SshOptions,
         mut handle: client::Handle<Handler>,
+        seen: &Arc<Mutex<KeySeen>>,
     ) -> Result<Self> {
+        let host_key = seen
+            .lock()
+            .map(|s| format!("{} {}", s.algo, s.key))
+            .unwrap_or_default();
         let target = format!("{addr}:{port}");
         let ok = match &opts.identity {
             Some(path) => {
@@ -353,6 +360,7 @@ impl SshTransport {
             user: opts.user.clone(),
             handle: tokio::sync::Mutex::new(handle),
             command_timeout: opts.command_timeout,
+            host_key,
         })
     }
 
@@ -427,6 +435,9 @@ impl Transport for SshTransport {
     }
     fn needs_sudo(&self) -> bool {
         self.user != "root"
+    }
+    fn host_key(&self) -> Option<String> {
+        Some(self.host_key.clone()).filter(|k| k.trim().contains(' '))
     }
     fn exec<'a>(
         &'a self,

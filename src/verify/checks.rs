@@ -18,128 +18,7 @@ pub struct Check {
     pub not_applicable: Option<String>,
 }
 
-/// What to run. Remote probes run as root on the host (`sudo -n` when labforge logs in as the admin);
-/// `tool` is checked with `command -v` first so a missing tool is an error, never a silent pass.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Probe {
-    Remote {
-        key: String,
-        tool: String,
-        command: String,
-    },
-    /// The server's KEXINIT, read from the raw TCP stream (no login).
-    Kexinit { address: String, port: u16 },
-    /// `none` auth → offered methods; a wrong password must be refused.
-    Auth {
-        address: String,
-        port: u16,
-        user: String,
-    },
-    /// The key the server presented matched labforge's known_hosts (from the secrets store).
-    HostKeyPinned { address: String, port: u16 },
-    /// A TCP connect from the controller.
-    Tcp { address: String, port: u16 },
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Pass {
-    /// `sshd -T` keyword equals one of the values.
-    SshdEquals {
-        keyword: String,
-        any_of: Vec<String>,
-    },
-    /// `sshd -T` keyword is a number ≤ max.
-    SshdAtMost {
-        keyword: String,
-        max: u64,
-    },
-    /// `sshd -T` comma list is a non-empty subset of `allowed`.
-    SshdSubset {
-        keyword: String,
-        allowed: Vec<String>,
-    },
-    /// Every `sshd -T listenaddress` is one of these addresses.
-    SshdListenOn {
-        addresses: Vec<String>,
-    },
-    /// Offered auth methods are exactly `publickey`.
-    OnlyPublickey,
-    PasswordRefused,
-    /// A KEXINIT list (kex, host_key, ciphers, macs) is a subset of `allowed`.
-    WireSubset {
-        list: String,
-        allowed: Vec<String>,
-    },
-    /// KEXINIT kex list and labforge's client share `must_share`.
-    WireShares {
-        must_share: String,
-    },
-    WireHasStrictKex,
-    Pinned,
-    /// Served host keys are of allowed algorithms; RSA at least `min_rsa_bits`.
-    HostKeyTypes {
-        algorithms: Vec<String>,
-        min_rsa_bits: u32,
-    },
-    /// Listeners on `port` are only on these addresses.
-    ListenPortOnly {
-        port: u16,
-        addresses: Vec<String>,
-    },
-    /// Every listener is on one of these addresses (or loopback); no wildcard.
-    ListenAddressesAllowed {
-        addresses: Vec<String>,
-    },
-    ListenNoWildcard,
-    PortsNotListening {
-        ports: Vec<u16>,
-    },
-    NftTable {
-        family: String,
-        name: String,
-    },
-    NftInputPolicyDrop,
-    /// Every input-hook rule that accepts tcp `port` is restricted to the management interface/address/net.
-    NftSshOnlyMgmt {
-        port: u16,
-        interface: Option<String>,
-        address: String,
-        cidr: String,
-    },
-    DockerNoTcpSocket,
-    DockerSocketMode,
-    /// No container mounts the Docker socket, except services that declare `docker_socket = true`.
-    DockerNoSocketMounts {
-        allowed_services: Vec<String>,
-    },
-    DockerPublishedOn {
-        addresses: Vec<String>,
-    },
-    DockerMetricsUnpublished {
-        ports: Vec<u16>,
-    },
-    DockerImagesByDigest,
-    AccountExists {
-        user: String,
-    },
-    RootLocked,
-    SingleUid0,
-    AuthorizedKeys {
-        keys: Vec<String>,
-    },
-    NoPackagesMatching {
-        prefixes: Vec<String>,
-    },
-    /// Each persistent path is on a network filesystem.
-    PathsRemote {
-        paths: Vec<String>,
-    },
-    TcpClosed,
-    /// The port answers the controller (an allowed flow of the exposure policy: replies pass).
-    TcpOpen,
-}
+pub use super::probes::{Pass, Probe};
 
 const SEED_ACCESS: &str = "seed 000 Access Model";
 const SEED_FW: &str = "seed 000 Firewall";
@@ -316,8 +195,7 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         ),
         (
             "hostkeyalgorithms",
-            Pass::SshdSubset {
-                keyword: "hostkeyalgorithms".into(),
+            Pass::SshdHostKeyAlgorithms {
                 allowed: hd.host_key_algorithms.clone(),
             },
         ),
@@ -329,6 +207,25 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         ),
         ("port", eq("port", &[port.to_string()])),
     ];
+    let mut mgmt_rows = mgmt_rows;
+    for (k, vals) in super::accounts::forwarding(
+        hd.x11_forwarding,
+        hd.allow_agent_forwarding,
+        hd.allow_tcp_forwarding,
+    ) {
+        if !mgmt_rows.iter().any(|(x, _)| *x == k) {
+            mgmt_rows.push((k, eq(k, &vals)));
+        }
+    }
+    mgmt_rows.push((
+        "key-sources",
+        Pass::SshdAll {
+            want: super::accounts::key_sources()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        },
+    ));
     for (k, pass) in mgmt_rows {
         push(
             &format!("sshd.mgmt.{k}"),
@@ -484,6 +381,14 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         "reinstall the host from its seed, or `labforge render` if the store's key was replaced on purpose".into(),
     );
     push(
+        "probe.output-authentic",
+        "the host's probe output is exactly framed (this run's nonce) and signed by its pinned host key".into(),
+        SEED_ACCESS,
+        Probe::Integrity,
+        Pass::Authentic,
+        "find what rewrites command output on the host — a ForceCommand wrapper, the admin's login-shell startup files (a `sudo` or `exec` function in ~/.bashrc, ~/.zshenv), a replaced sudo or sh — remove it, and re-run verify".into(),
+    );
+    push(
         "hostkey.types",
         "sshd serves only the spec's host key types (RSA ≥ 3072 bits)".into(),
         SEED_ACCESS,
@@ -499,7 +404,11 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         "remove other HostKey lines and key files; keep /etc/ssh/ssh_host_ed25519_key".into(),
     );
     // --- listeners ---
-    let ss = remote("ss", "ss", "ss -Htulnp".into());
+    let ss = remote(
+        "listeners",
+        super::listeners::TOOL,
+        super::listeners::PROBE.into(),
+    );
     let mut allowed_addrs: Vec<String> = h
         .interfaces
         .iter()
@@ -621,8 +530,11 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
             "the Docker API listens on no TCP port and daemon.json has no tcp:// host".into(),
             remote(
                 "docker-daemon",
-                "ss",
-                "ss -Htlnp; echo '--daemon.json--'; cat \"${LABFORGE_ROOT:-}/etc/docker/daemon.json\" 2>/dev/null || true".into(),
+                super::listeners::TOOL,
+                format!(
+                    "{}\necho '--daemon.json--'; cat \"${{LABFORGE_ROOT:-}}/etc/docker/daemon.json\" 2>/dev/null || true",
+                    super::listeners::PROBE
+                ),
             ),
             Pass::DockerNoTcpSocket,
             "remove `-H tcp://` / `hosts` from dockerd; use the unix socket",
@@ -683,7 +595,8 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         });
     }
     // --- accounts ---
-    let passwd = remote("passwd", "getent", "getent passwd".into());
+    let pw = super::accounts::PASSWD;
+    let passwd = remote(pw.0, pw.1, pw.2.into());
     let mut push = |id: &str, title: String, rule: &str, probe: Probe, pass: Pass, fix: String| {
         v.push(Check {
             id: id.to_string(),
@@ -721,27 +634,107 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         Pass::SingleUid0,
         "remove or renumber the extra UID 0 account".into(),
     );
-    let keys: Vec<String> = spec
-        .site
-        .admins
-        .iter()
-        .filter(|a| a.name == admin)
-        .flat_map(|a| a.ssh_keys.clone())
-        .collect();
+    // --- every account sshd would admit, from every address that matters ---
+    let admins: Vec<(String, Vec<String>)> = if h.admins.is_empty() {
+        spec.site
+            .admins
+            .iter()
+            .map(|a| (a.name.clone(), a.ssh_keys.clone()))
+            .collect()
+    } else {
+        h.admins
+            .iter()
+            .map(|n| {
+                let keys = spec
+                    .site
+                    .admins
+                    .iter()
+                    .filter(|a| &a.name == n)
+                    .flat_map(|a| a.ssh_keys.clone())
+                    .collect();
+                (n.clone(), keys)
+            })
+            .collect()
+    };
+    let mut reps: Vec<String> = Vec::new();
+    for n in spec.networks.values() {
+        let mut r = super::accounts::representatives(&n.cidr);
+        if let Some(g) = n.gateway {
+            r.push(g.to_string());
+        }
+        for a in r {
+            if !reps.contains(&a) {
+                reps.push(a);
+            }
+        }
+    }
+    let actx = super::accounts::Ctx {
+        admin: admin.clone(),
+        admins: admins.clone(),
+        mgmt_client: mgmt_client.clone(),
+        laddr: mgmt.clone(),
+        lport: port,
+        reps,
+        root_values: root_values.clone(),
+        x11: hd.x11_forwarding,
+        agent: hd.allow_agent_forwarding,
+        tcp: hd.allow_tcp_forwarding,
+    };
+    let ap = Probe::Accounts {
+        ctx: Box::new(actx),
+    };
+    let names: Vec<&str> = admins.iter().map(|a| a.0.as_str()).collect();
+    push(
+        "sshd.allowusers",
+        format!("sshd admits exactly the spec's admins {names:?}, from every address"),
+        SEED_ACCESS,
+        ap.clone(),
+        Pass::AdmitsExactly,
+        format!("AllowUsers {} in the sshd drop-in; remove other AllowUsers/AllowGroups entries and Match blocks that admit more accounts", names.join(" ")),
+    );
+    use super::accounts::{Group, Scope};
+    for (scope, sid, who) in [
+        (
+            Scope::Accounts,
+            "accounts",
+            "every other account sshd admits, from every address",
+        ),
+        (
+            Scope::Addresses,
+            "addresses",
+            "the admin from every network's representative addresses and every Match address",
+        ),
+    ] {
+        for (group, gid, what) in [
+            (Group::Auth, "auth", "key-only authentication"),
+            (
+                Group::Forwarding,
+                "forwarding",
+                "no forwarding, tunnels or user environment beyond the spec",
+            ),
+            (
+                Group::KeySources,
+                "key-sources",
+                "no key source but the authorized keys files",
+            ),
+        ] {
+            push(
+                &format!("sshd.{sid}.{gid}"),
+                format!("sshd -T for {who}: {what}"),
+                SEED_ACCESS,
+                ap.clone(),
+                Pass::AccountRows { scope, group },
+                "remove the `Match` block (User, Group or Address) that loosens sshd for these clients".into(),
+            );
+        }
+    }
     push(
         "accounts.authorized-keys",
-        format!("{admin}'s authorized_keys are exactly the spec's keys"),
+        "every key file sshd reads for an admitted account holds exactly that admin's spec keys".into(),
         SEED_ACCESS,
-        remote(
-            "authkeys",
-            "getent",
-            format!(
-                "h=$(getent passwd {} | cut -d: -f6); cat \"$h/.ssh/authorized_keys\"",
-                super::super::transport::sq(&admin)
-            ),
-        ),
-        Pass::AuthorizedKeys { keys },
-        "rewrite ~/.ssh/authorized_keys from the spec (cloud-init / labforge deploy)".into(),
+        ap,
+        Pass::KeyFiles,
+        "rewrite the listed key files from the spec (cloud-init / labforge deploy) and remove extra AuthorizedKeysFile entries".into(),
     );
     let (ptool, pcmd) = match h.os {
         Os::Nixos => (

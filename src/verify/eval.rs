@@ -4,15 +4,15 @@ use super::checks::{Check, Pass, Probe};
 use super::{Facts, RemoteOut, Status};
 use serde_json::Value;
 
-type R = (Status, String);
+pub(super) type R = (Status, String);
 
-fn ok(d: impl Into<String>) -> R {
+pub(super) fn ok(d: impl Into<String>) -> R {
     (Status::Pass, d.into())
 }
-fn fail(d: impl Into<String>) -> R {
+pub(super) fn fail(d: impl Into<String>) -> R {
     (Status::Fail, d.into())
 }
-fn err(d: impl Into<String>) -> R {
+pub(super) fn err(d: impl Into<String>) -> R {
     (Status::Error, d.into())
 }
 
@@ -31,7 +31,21 @@ pub fn evaluate(c: &Check, f: &Facts) -> R {
                     "probe `{key}` failed with status {status}: {}",
                     output.trim()
                 )),
-                Some(RemoteOut::Ok(out)) => remote(&c.pass, out),
+                Some(RemoteOut::Ok(out)) => match &c.pass {
+                    Pass::SshdHostKeyAlgorithms { allowed } => {
+                        super::eval_sshd::hostkey_algorithms(out, allowed, f)
+                    }
+                    p => remote(p, out),
+                },
+            }
+        }
+        Probe::Accounts { ctx } => {
+            if let Some(e) = &f.remote_error {
+                return err(e.clone());
+            }
+            match super::accounts::analyze(ctx, &f.remote) {
+                Err(e) => err(e),
+                Ok(a) => super::eval_sshd::accounts(ctx, &c.pass, &a),
             }
         }
         Probe::Kexinit { .. } => match &f.kexinit {
@@ -98,6 +112,14 @@ pub fn evaluate(c: &Check, f: &Facts) -> R {
             Some(Ok(())) => ok("the presented host key matches the secrets store"),
             Some(Err(e)) => fail(e.clone()),
         },
+        Probe::Integrity => match &f.integrity {
+            None => err(f
+                .remote_error
+                .clone()
+                .unwrap_or_else(|| "no remote probe ran".into())),
+            Some(Ok(how)) => ok(how.clone()),
+            Some(Err(e)) => fail(format!("refused: {e}")),
+        },
         Probe::Tcp { address, port } => {
             let want_open = matches!(c.pass, Pass::TcpOpen);
             match (f.tcp.get(&(address.clone(), *port)), want_open) {
@@ -137,7 +159,7 @@ fn subset(got: &[String], allowed: &[String], what: &str) -> R {
 }
 
 /// `sshd -T` output → keyword → values (keywords repeat, e.g. listenaddress).
-fn sshd_map(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+pub(super) fn sshd_map(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for l in out.lines() {
         let mut it = l.splitn(2, ' ');
@@ -150,26 +172,13 @@ fn sshd_map(out: &str) -> std::collections::BTreeMap<String, Vec<String>> {
     m
 }
 
-/// A listener from `ss -Htulnp`: (proto, address, port, process).
-fn listeners(out: &str) -> Vec<(String, String, u16, String)> {
-    out.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 5 {
-                return None;
-            }
-            let local = f[4];
-            let (a, p) = local.rsplit_once(':')?;
-            let a = a.trim_start_matches('[').trim_end_matches(']');
-            let a = a.split('%').next().unwrap_or(a).to_string();
-            Some((
-                f[0].to_string(),
-                a,
-                p.parse().ok()?,
-                f.get(6).map(|s| s.to_string()).unwrap_or_default(),
-            ))
-        })
-        .collect()
+/// Listeners from the kernel tables: (proto, address, port, process shown as data).
+fn listeners(out: &str) -> Result<Vec<super::listeners::Listener>, String> {
+    super::listeners::parse(out)
+}
+
+fn show(l: &super::listeners::Listener) -> String {
+    format!("{} {}:{} {}", l.proto, l.addr, l.port, l.process())
 }
 
 fn is_wild(a: &str) -> bool {
@@ -204,6 +213,19 @@ fn remote(p: &Pass, out: &str) -> R {
                     ok(format!("{keyword} {v}"))
                 }
                 Some((v, _)) => fail(format!("{keyword} {v} (want at most {max})")),
+            }
+        }
+        Pass::SshdAll { want } => {
+            let m = sshd_map(out);
+            let bad = super::accounts::mismatches(&m, want);
+            if bad.is_empty() {
+                ok(want
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", v[0]))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+            } else {
+                fail(bad.join(", "))
             }
         }
         Pass::SshdSubset { keyword, allowed } => {
@@ -285,10 +307,14 @@ fn remote(p: &Pass, out: &str) -> R {
             }
         }
         Pass::ListenPortOnly { port, addresses } => {
-            let bad: Vec<String> = listeners(out)
-                .into_iter()
-                .filter(|l| l.0 == "tcp" && l.2 == *port && !addresses.contains(&l.1))
-                .map(|l| format!("{}:{}", l.1, l.2))
+            let ls = match listeners(out) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let bad: Vec<String> = ls
+                .iter()
+                .filter(|l| l.proto == "tcp" && l.port == *port && !addresses.contains(&l.addr))
+                .map(show)
                 .collect();
             if bad.is_empty() {
                 ok(format!("port {port} only on {}", addresses.join(",")))
@@ -297,10 +323,14 @@ fn remote(p: &Pass, out: &str) -> R {
             }
         }
         Pass::ListenAddressesAllowed { addresses } => {
-            let bad: Vec<String> = listeners(out)
-                .into_iter()
-                .filter(|l| !is_loopback(&l.1) && !addresses.contains(&l.1))
-                .map(|l| format!("{} {}:{} {}", l.0, l.1, l.2, l.3))
+            let ls = match listeners(out) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let bad: Vec<String> = ls
+                .iter()
+                .filter(|l| !is_loopback(&l.addr) && !addresses.contains(&l.addr))
+                .map(show)
                 .collect();
             if bad.is_empty() {
                 ok("all listeners on loopback or spec addresses")
@@ -309,11 +339,11 @@ fn remote(p: &Pass, out: &str) -> R {
             }
         }
         Pass::ListenNoWildcard => {
-            let bad: Vec<String> = listeners(out)
-                .into_iter()
-                .filter(|l| is_wild(&l.1))
-                .map(|l| format!("{} {}:{} {}", l.0, l.1, l.2, l.3))
-                .collect();
+            let ls = match listeners(out) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let bad: Vec<String> = ls.iter().filter(|l| is_wild(&l.addr)).map(show).collect();
             if bad.is_empty() {
                 ok("no wildcard listeners")
             } else {
@@ -321,10 +351,14 @@ fn remote(p: &Pass, out: &str) -> R {
             }
         }
         Pass::PortsNotListening { ports } => {
-            let bad: Vec<String> = listeners(out)
-                .into_iter()
-                .filter(|l| ports.contains(&l.2))
-                .map(|l| format!("{} {}:{} {}", l.0, l.1, l.2, l.3))
+            let ls = match listeners(out) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let bad: Vec<String> = ls
+                .iter()
+                .filter(|l| ports.contains(&l.port))
+                .map(show)
                 .collect();
             if bad.is_empty() {
                 ok("none listening")
@@ -433,11 +467,20 @@ fn remote(p: &Pass, out: &str) -> R {
             }
         }),
         Pass::DockerNoTcpSocket => {
-            let (ss, daemon) = out.split_once("--daemon.json--").unwrap_or((out, ""));
-            let tcp: Vec<String> = listeners(ss)
-                .into_iter()
-                .filter(|l| l.2 == 2375 || l.2 == 2376 || l.3.contains("dockerd"))
-                .map(|l| format!("{}:{} {}", l.1, l.2, l.3))
+            let Some((ss, daemon)) = out.split_once("--daemon.json--\n") else {
+                return err("the Docker probe printed no daemon.json section");
+            };
+            let ls = match listeners(ss) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let tcp: Vec<String> = ls
+                .iter()
+                .filter(|l| {
+                    l.proto == "tcp"
+                        && (l.port == 2375 || l.port == 2376 || l.has_process("dockerd"))
+                })
+                .map(show)
                 .collect();
             if !tcp.is_empty() {
                 return fail(format!("Docker API on TCP: {}", tcp.join("; ")));

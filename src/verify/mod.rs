@@ -3,8 +3,13 @@
 //! Remote probes of one host run as ONE script over one SSH channel (each probe framed by markers), the
 //! wire probes (KEXINIT, auth methods) and the controller's TCP probes run concurrently beside it.
 
+pub mod accounts;
+pub mod batch;
 pub mod checks;
 pub mod eval;
+mod eval_sshd;
+pub mod listeners;
+pub mod probes;
 
 use crate::spec::model::{Host, Spec};
 use crate::transport::ssh::{self, SshOptions};
@@ -19,6 +24,8 @@ use std::time::Duration;
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
+    /// Passes, with something the operator should fix (never changes the exit code).
+    Warn,
     Fail,
     Error,
     Skip,
@@ -28,6 +35,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
+            Status::Warn => "warn",
             Status::Fail => "fail",
             Status::Error => "error",
             Status::Skip => "skip",
@@ -72,57 +80,17 @@ pub enum RemoteOut {
     Missing(String),
 }
 
-/// Build the one-script batch for a host's distinct remote probes.
-pub fn batch_script(probes: &[(String, String, String)]) -> String {
-    let mut s = String::from("exec 2>&1\n");
-    for (key, tool, cmd) in probes {
-        s.push_str(&format!(
-            "echo '@@LF-BEGIN {key}'\nif command -v {tool} >/dev/null 2>&1; then ( {cmd} ) </dev/null; st=$?; echo; echo \"@@LF-END {key} $st\"; else echo; echo '@@LF-END {key} missing'; fi\n",
-            tool = crate::transport::sq(tool),
-        ));
-    }
-    s
-}
-
-pub fn parse_batch(out: &str) -> BTreeMap<String, RemoteOut> {
-    let mut m = BTreeMap::new();
-    let mut cur: Option<(String, String)> = None;
-    for line in out.split_inclusive('\n') {
-        let t = line.trim_end_matches('\n');
-        if let Some(k) = t.strip_prefix("@@LF-BEGIN ") {
-            cur = Some((k.to_string(), String::new()));
-        } else if let Some(rest) = t.strip_prefix("@@LF-END ") {
-            let mut it = rest.splitn(2, ' ');
-            let k = it.next().unwrap_or("").to_string();
-            let st = it.next().unwrap_or("").to_string();
-            // The script prints a newline before every end marker, so output without a trailing
-            // newline cannot swallow the marker; drop that one newline again.
-            let mut body = cur.take().map(|c| c.1).unwrap_or_default();
-            if body.ends_with('\n') {
-                body.pop();
-            }
-            let r = match st.as_str() {
-                "0" => RemoteOut::Ok(body),
-                "missing" => RemoteOut::Missing(k.clone()),
-                _ => RemoteOut::Failed {
-                    status: st,
-                    output: body,
-                },
-            };
-            m.insert(k, r);
-        } else if let Some((_, b)) = cur.as_mut() {
-            b.push_str(line);
-        }
-    }
-    m
-}
+pub use batch::batch_script;
 
 /// Everything the probes of one host produced.
 #[derive(Debug, Default)]
 pub struct Facts {
     pub remote: BTreeMap<String, RemoteOut>,
-    /// Why remote probes could not run at all (login failed …).
+    /// Why remote probes could not run at all (login failed …) or their output was refused.
     pub remote_error: Option<String>,
+    /// Whether the remote output was accepted: `Ok(how)` framed and signed as expected, `Err(why)` refused.
+    /// `None` when no remote probe ran.
+    pub integrity: Option<Result<String, String>>,
     pub kexinit: Option<Result<probe::KexInit, String>>,
     pub auth: Option<Result<ssh::AuthProbe, String>>,
     /// `Ok(())` when the pinned host key matched.
@@ -175,36 +143,123 @@ fn sockaddr(a: &str, p: u16) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, p))
 }
 
-/// Run the remote probes of `checks` over an existing transport.
-pub async fn remote_facts(
-    t: &dyn Transport,
-    checks: &[Check],
-) -> Result<BTreeMap<String, RemoteOut>, String> {
+/// Why remote facts are missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteError {
+    /// The probe script could not run (no login, sudo refused, connection lost …).
+    NotRun(String),
+    /// It ran but its output was refused (framing, nonce or signature): the host's report is not trusted.
+    Refused(String),
+}
+
+/// The distinct remote probes of `checks`, in catalog order (with the account checks' phase-1 probes).
+pub fn remote_probes(checks: &[Check]) -> Vec<(String, String, String)> {
     let mut probes: Vec<(String, String, String)> = Vec::new();
+    let mut add = |p: (String, String, String)| {
+        if !probes.iter().any(|x| x.0 == p.0) {
+            probes.push(p);
+        }
+    };
     for c in checks.iter().filter(|c| c.not_applicable.is_none()) {
-        if let Probe::Remote { key, tool, command } = &c.probe {
-            if !probes.iter().any(|p| &p.0 == key) {
-                probes.push((key.clone(), tool.clone(), command.clone()));
+        match &c.probe {
+            Probe::Remote { key, tool, command } => {
+                add((key.clone(), tool.clone(), command.clone()))
             }
+            Probe::Accounts { .. } => accounts::phase1_probes().into_iter().for_each(&mut add),
+            _ => {}
         }
     }
+    probes
+}
+
+/// The account checks' context, if any is active.
+fn accounts_ctx(checks: &[Check]) -> Option<&accounts::Ctx> {
+    checks
+        .iter()
+        .filter(|c| c.not_applicable.is_none())
+        .find_map(|c| match &c.probe {
+            Probe::Accounts { ctx } => Some(ctx.as_ref()),
+            _ => None,
+        })
+}
+
+/// Run `probes` as one batch over `t` (script on stdin, as root) and accept only exactly framed output,
+/// signed with the session's pinned host key when it has one.
+pub async fn run_batch(
+    t: &dyn Transport,
+    probes: &[(String, String, String)],
+) -> Result<BTreeMap<String, RemoteOut>, RemoteError> {
     if probes.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let script = batch_script(&probes);
-    let cmd = t.privileged(&script);
-    match t.exec("verify", &cmd, None).await {
-        Ok(o) => {
-            let m = parse_batch(&o.stdout_str());
-            if m.is_empty() {
-                return Err(format!(
-                    "the probe script produced nothing ({})",
-                    crate::transport::failure_text(&o)
-                ));
-            }
-            Ok(m)
+    let host_key = t.host_key();
+    let b = batch::batch(probes, host_key.as_deref());
+    let o = t
+        .exec("verify", t.privileged_stdin(), Some(b.script.as_bytes()))
+        .await
+        .map_err(|e| RemoteError::NotRun(e.to_string()))?;
+    match batch::parse(&o.stdout, &b) {
+        Ok(m) => Ok(m),
+        // Nothing at all on stdout and a failure status: the script never ran (sudo refused …).
+        Err(_) if o.stdout.is_empty() && !o.ok() => Err(RemoteError::NotRun(format!(
+            "the probe script did not run ({})",
+            crate::transport::failure_text(&o)
+        ))),
+        Err(e) => Err(RemoteError::Refused(e)),
+    }
+}
+
+/// Run the remote probes of `checks` over an existing transport: the main batch, then — when the account
+/// checks need it (the config has `Match` blocks) — a second batch over the same session.
+pub async fn remote_facts(
+    t: &dyn Transport,
+    checks: &[Check],
+) -> Result<BTreeMap<String, RemoteOut>, RemoteError> {
+    let mut m = run_batch(t, &remote_probes(checks)).await?;
+    if let Some(ctx) = accounts_ctx(checks) {
+        let p2 = accounts::phase2_probes(ctx, &m);
+        if !p2.is_empty() {
+            m.extend(run_batch(t, &p2).await?);
         }
-        Err(e) => Err(e.to_string()),
+    }
+    Ok(m)
+}
+
+/// Record a batch result in `facts`.
+pub fn record_remote(
+    facts: &mut Facts,
+    r: Result<BTreeMap<String, RemoteOut>, RemoteError>,
+    signed_by: Option<&str>,
+) {
+    match r {
+        Ok(m) => {
+            if !m.is_empty() || facts.integrity.is_none() {
+                let how = match signed_by {
+                    Some(k) => format!(
+                        "{} probe result(s), framed with this run's nonce and signed by the pinned host key {}",
+                        m.len(),
+                        k.split_whitespace().next().unwrap_or("")
+                    ),
+                    None => format!(
+                        "{} probe result(s), framed with this run's nonce (no pinned key to verify a signature)",
+                        m.len()
+                    ),
+                };
+                if !matches!(facts.integrity, Some(Err(_))) {
+                    facts.integrity = Some(Ok(how));
+                }
+            }
+            facts.remote.extend(m);
+        }
+        Err(RemoteError::NotRun(e)) => {
+            facts.remote_error.get_or_insert(e);
+        }
+        Err(RemoteError::Refused(e)) => {
+            facts.remote_error = Some(format!(
+                "the host's probe output was refused (nothing it reported is trusted): {e}"
+            ));
+            facts.integrity = Some(Err(e));
+        }
     }
 }
 
@@ -366,7 +421,7 @@ pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
             Ok(t) => {
                 let r = remote_facts(&t, &checks).await;
                 t.close().await;
-                (Some(Ok(())), r)
+                (Some(Ok(())), r.map(|m| (m, t.host_key())))
             }
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -375,7 +430,10 @@ pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
                 } else {
                     None
                 };
-                (pinned, Err(format!("cannot log in: {msg}")))
+                (
+                    pinned,
+                    Err(RemoteError::NotRun(format!("cannot log in: {msg}"))),
+                )
             }
         };
         (pinned, r, probed.kexinit, probed.auth)
@@ -388,10 +446,77 @@ pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
     facts.tcp = wire.tcp;
     facts.pinned = pinned;
     match r {
-        Ok(m) => facts.remote = m,
-        Err(e) => facts.remote_error = Some(e),
+        Ok((m, key)) => record_remote(&mut facts, Ok(m), key.as_deref()),
+        Err(e) => record_remote(&mut facts, Err(e), None),
     }
     judge(&h.name, &checks, &facts)
+}
+
+/// Verify over an already-open transport: the remote probes only (no wire or TCP probes, whose checks are
+/// then `error`). For stub transports in tests and for callers that hold a session already.
+pub async fn verify_over(spec: &Spec, h: &Host, t: &dyn Transport) -> HostReport {
+    let checks = checks::for_host(spec, h);
+    let mut facts = Facts::default();
+    let r = remote_facts(t, &checks).await;
+    let key = t.host_key();
+    record_remote(&mut facts, r, key.as_deref());
+    judge(&h.name, &checks, &facts)
+}
+
+/// The report of a host whose verify task did not finish (panicked, cancelled): one `error` result, so the
+/// host counts as failed and the run exits non-zero. Never dropped.
+pub fn unfinished(host: &str, why: &str) -> HostReport {
+    HostReport {
+        host: host.to_string(),
+        results: vec![CheckResult {
+            id: "verify.completed".into(),
+            title: "every check of the host was evaluated".into(),
+            rule: "labforge verify".into(),
+            status: Status::Error,
+            detail: format!("the verify task of `{host}` did not finish: {why}; none of its checks can be trusted"),
+            remediation: "re-run `labforge verify` for this host; report the message as a labforge bug".into(),
+        }],
+    }
+}
+
+/// Run one verify task per host in `names`, at most `parallel` at a time, and return one report per host in
+/// order. A task that panics or is cancelled yields [`unfinished`] for its host instead of vanishing.
+pub async fn run_hosts<F, Fut>(names: &[String], parallel: usize, task: F) -> Vec<HostReport>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = HostReport> + Send + 'static,
+{
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut hs = Vec::new();
+    for n in names {
+        let sem = sem.clone();
+        let fut = task(n.clone());
+        hs.push((
+            n.clone(),
+            tokio::spawn(async move {
+                let _p = sem.acquire_owned().await;
+                fut.await
+            }),
+        ));
+    }
+    let mut v = Vec::new();
+    for (n, h) in hs {
+        v.push(match h.await {
+            Ok(r) if r.host == n => r,
+            Ok(r) => unfinished(&n, &format!("it returned the report of `{}`", r.host)),
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                unfinished(&n, &format!("it panicked: {msg}"))
+            }
+            Err(e) => unfinished(&n, &format!("it was cancelled: {e}")),
+        });
+    }
+    v
 }
 
 /// Judge every check from the facts.
@@ -454,7 +579,7 @@ pub fn human(reports: &[HostReport]) -> String {
                 c.status.as_str(),
                 d
             );
-            if c.status == Status::Fail {
+            if c.status == Status::Fail || c.status == Status::Warn {
                 let _ = writeln!(
                     o,
                     "{:<14} {:<34} {:<6} fix: {} ({})",
@@ -465,15 +590,16 @@ pub fn human(reports: &[HostReport]) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<14} {:>5} {:>5} {:>5} {:>5}",
-        "SUMMARY", "pass", "fail", "error", "skip"
+        "\n{:<14} {:>5} {:>5} {:>5} {:>5} {:>5}",
+        "SUMMARY", "pass", "warn", "fail", "error", "skip"
     );
     for r in reports {
         let _ = writeln!(
             o,
-            "{:<14} {:>5} {:>5} {:>5} {:>5}",
+            "{:<14} {:>5} {:>5} {:>5} {:>5} {:>5}",
             r.host,
             r.count(Status::Pass),
+            r.count(Status::Warn),
             r.count(Status::Fail),
             r.count(Status::Error),
             r.count(Status::Skip)
@@ -526,6 +652,11 @@ pub fn junit(reports: &[HostReport]) -> String {
             ));
             match c.status {
                 Status::Pass => {}
+                Status::Warn => o.push_str(&format!(
+                    "<system-out>warning: {}\nfix: {}</system-out>",
+                    xml_escape(&c.detail),
+                    xml_escape(&c.remediation)
+                )),
                 Status::Fail => o.push_str(&format!(
                     "<failure message=\"{}\">{}\nfix: {} ({})</failure>",
                     xml_escape(&c.title),
@@ -548,47 +679,4 @@ pub fn junit(reports: &[HostReport]) -> String {
     }
     o.push_str("</testsuites>\n");
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs the batch script with /bin/sh, as the host's shell would.
-    fn run(probes: &[(&str, &str, &str)]) -> BTreeMap<String, RemoteOut> {
-        let p: Vec<(String, String, String)> = probes
-            .iter()
-            .map(|(k, t, c)| (k.to_string(), t.to_string(), c.to_string()))
-            .collect();
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(batch_script(&p))
-            .output()
-            .unwrap();
-        parse_batch(&String::from_utf8(o.stdout).unwrap())
-    }
-
-    #[test]
-    fn probe_output_without_trailing_newline_keeps_the_framing() {
-        // Regression: `cat daemon.json` / a pretty-printed `docker inspect` without a final newline used to
-        // glue the end marker onto the last line, and the probe vanished ("produced no result").
-        let m = run(&[
-            ("a", "printf", "printf '[\\n  1\\n]'"),
-            ("b", "printf", "printf 'x\\ny\\n'"),
-            ("c", "printf", "printf ''"),
-            ("d", "sh", "echo out; exit 3"),
-            ("e", "no-such-tool-labforge", "no-such-tool-labforge"),
-        ]);
-        assert_eq!(m["a"], RemoteOut::Ok("[\n  1\n]".into()));
-        assert_eq!(m["b"], RemoteOut::Ok("x\ny\n".into()));
-        assert_eq!(m["c"], RemoteOut::Ok(String::new()));
-        assert_eq!(
-            m["d"],
-            RemoteOut::Failed {
-                status: "3".into(),
-                output: "out\n".into()
-            }
-        );
-        assert_eq!(m["e"], RemoteOut::Missing("e".into()));
-    }
 }

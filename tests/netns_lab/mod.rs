@@ -77,6 +77,35 @@ pub struct TestHost {
     pub child: Option<Child>,
     /// Stands in for the containers' published ports (docker-proxy's listeners): no Docker engine runs here.
     pub services: Option<Child>,
+    /// Other processes started in the host's namespace (killed with the host).
+    pub extra: Vec<Child>,
+}
+
+/// A local account besides the admin `ops` (for the "every account that can log in" checks).
+#[derive(Clone, Default)]
+pub struct ExtraUser {
+    pub name: String,
+    pub uid: u32,
+    pub shell: String,
+    /// Lines of `~/.ssh/authorized_keys` (none = no file).
+    pub authorized_keys: Option<String>,
+    /// Supplementary groups (created when missing).
+    pub groups: Vec<String>,
+}
+
+/// How a test host differs from the plain one (all optional).
+#[derive(Clone, Default)]
+pub struct StartOpts {
+    /// The admin's login shell (default /bin/sh). sshd runs every command through it, as on a real host.
+    pub admin_shell: Option<String>,
+    /// The admin's `~/.bashrc`.
+    pub admin_bashrc: Option<String>,
+    /// Shell text the session wrapper runs after the command (a `ForceCommand` that appends output).
+    pub after_command: Option<String>,
+    pub extra_users: Vec<ExtraUser>,
+    /// Extra files under the host's view: (absolute path inside the host, content). `/etc/ssh/...` paths
+    /// land in the bind-mounted /etc/ssh.
+    pub files: Vec<(String, String)>,
 }
 
 pub struct Lab {
@@ -248,6 +277,7 @@ address = "10.60.{hi}.{lo}"
                         servers: format!("10.60.{}.{}", n / 250, n % 250 + 2),
                         child: None,
                         services: None,
+                        extra: Vec::new(),
                     }
                 })
                 .collect(),
@@ -373,6 +403,11 @@ address = "10.60.{hi}.{lo}"
 
     /// Prepare the host's filesystem view and start its sshd with `dropin` as 10-labforge.conf.
     pub fn start(&mut self, host: &str, dropin: &str) {
+        self.start_with(host, dropin, &StartOpts::default())
+    }
+
+    /// [`start`](Self::start) with the differences in `opts`.
+    pub fn start_with(&mut self, host: &str, dropin: &str, opts: &StartOpts) {
         let (priv_, public) = self.host_key(host);
         let idx = self.hosts.iter().position(|h| h.name == host).unwrap();
         let r = self.hosts[idx].root.clone();
@@ -404,12 +439,45 @@ address = "10.60.{hi}.{lo}"
         .unwrap();
         must(&format!("chmod 600 {rs}/etc/ssh/ssh_host_ed25519_key"));
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let shell = opts.admin_shell.as_deref().unwrap_or("/bin/sh");
+        let mut extra_pw = String::new();
+        let mut extra_gr = String::new();
+        let mut extra_sh = String::new();
+        let group = std::fs::read_to_string("/etc/group").unwrap();
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for u in &opts.extra_users {
+            extra_pw.push_str(&format!(
+                "{n}:x:{id}:{id}:{n}:{rs}/home/{n}:{sh}\n",
+                n = u.name,
+                id = u.uid,
+                sh = u.shell
+            ));
+            extra_gr.push_str(&format!("{}:x:{}:\n", u.name, u.uid));
+            extra_sh.push_str(&format!("{}:*:19000:0:99999:7:::\n", u.name));
+            std::fs::create_dir_all(r.join(format!("home/{}/.ssh", u.name))).unwrap();
+            if let Some(k) = &u.authorized_keys {
+                std::fs::write(r.join(format!("home/{}/.ssh/authorized_keys", u.name)), k).unwrap();
+            }
+            must(&format!(
+                "chown -R {id}:{id} {rs}/home/{n}",
+                id = u.uid,
+                n = u.name
+            ));
+            for g in &u.groups {
+                match groups.iter_mut().find(|x| &x.0 == g) {
+                    Some(x) => x.1.push(u.name.clone()),
+                    None => groups.push((g.clone(), vec![u.name.clone()])),
+                }
+            }
+        }
+        for (i, (g, members)) in groups.iter().enumerate() {
+            extra_gr.push_str(&format!("{g}:x:{}:{}\n", 5100 + i, members.join(",")));
+        }
         std::fs::write(
             r.join("passwd"),
-            format!("{passwd}ops:x:{ADMIN_UID}:{ADMIN_UID}:ops:{rs}/home/ops:/bin/sh\n"),
+            format!("{passwd}ops:x:{ADMIN_UID}:{ADMIN_UID}:ops:{rs}/home/ops:{shell}\n{extra_pw}"),
         )
         .unwrap();
-        let group = std::fs::read_to_string("/etc/group").unwrap();
         let docker_group = if group.lines().any(|l| l.starts_with("docker:")) {
             String::new()
         } else {
@@ -417,7 +485,7 @@ address = "10.60.{hi}.{lo}"
         };
         std::fs::write(
             r.join("group"),
-            format!("{group}ops:x:{ADMIN_UID}:\n{docker_group}"),
+            format!("{group}ops:x:{ADMIN_UID}:\n{docker_group}{extra_gr}"),
         )
         .unwrap();
         let shadow: String = passwd
@@ -432,7 +500,7 @@ address = "10.60.{hi}.{lo}"
             .collect();
         std::fs::write(
             r.join("shadow"),
-            format!("{shadow}ops:*:19000:0:99999:7:::\n"),
+            format!("{shadow}ops:*:19000:0:99999:7:::\n{extra_sh}"),
         )
         .unwrap();
         must(&format!("chmod 640 {rs}/shadow"));
@@ -447,10 +515,22 @@ address = "10.60.{hi}.{lo}"
             format!("{}\n", self.op_pub),
         )
         .unwrap();
+        if let Some(b) = &opts.admin_bashrc {
+            std::fs::write(r.join("home/ops/.bashrc"), b).unwrap();
+        }
+        for (path, content) in &opts.files {
+            let p = r.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
         std::fs::write(
             r.join("hostenv.sh"),
             format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" | head -c 300 >> {rs}/session.log; echo >> {rs}/session.log\nif [ -e {rs}/run/broken ]; then echo 'this generation refuses logins' >&2; exit 255; fi\nexport LABFORGE_ROOT={rs} PATH={rs}/fakebin:/usr/sbin:/usr/bin:/sbin:/bin\nexec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n"
+                "#!/bin/sh\nprintf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" | head -c 300 >> {rs}/session.log; echo >> {rs}/session.log\nif [ -e {rs}/run/broken ]; then echo 'this generation refuses logins' >&2; exit 255; fi\nexport LABFORGE_ROOT={rs} PATH={rs}/fakebin:/usr/sbin:/usr/bin:/sbin:/bin\n{run}",
+                run = match &opts.after_command {
+                    None => "unset SHLVL; exec \"$SHELL\" -c \"$SSH_ORIGINAL_COMMAND\"\n".to_string(),
+                    Some(a) => format!("unset SHLVL; \"$SHELL\" -c \"$SSH_ORIGINAL_COMMAND\"; st=$?\n{a}\nexit $st\n"),
+                },
             ),
         )
         .unwrap();
@@ -561,6 +641,20 @@ address = "10.60.{hi}.{lo}"
         ));
     }
 
+    /// Start `cmd` (`sh -c`) in the host's network namespace; it is killed with the lab.
+    pub fn spawn_in(&mut self, host: &str, cmd: &str) {
+        let idx = self.hosts.iter().position(|h| h.name == host).unwrap();
+        let ns = self.hosts[idx].ns.clone();
+        let c = Command::new("ip")
+            .args(["netns", "exec", &ns, "sh", "-c", cmd])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.hosts[idx].extra.push(c);
+    }
+
     pub fn sshd_pid(&self, host: &str) -> Option<u32> {
         self.host(host).child.as_ref().map(|c| c.id())
     }
@@ -583,6 +677,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for h in &mut self.hosts {
             for mut c in [h.child.take(), h.services.take()].into_iter().flatten() {
+                kill_tree(c.id());
+                let _ = c.wait();
+            }
+            for mut c in h.extra.drain(..) {
                 kill_tree(c.id());
                 let _ = c.wait();
             }

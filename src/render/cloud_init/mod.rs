@@ -268,6 +268,10 @@ pub fn sshd_dropin(spec: &Spec, h: &Host) -> Result<String> {
     ynm.insert("x11_forwarding", yn(hd.x11_forwarding));
     ynm.insert("allow_agent_forwarding", yn(hd.allow_agent_forwarding));
     ynm.insert("allow_tcp_forwarding", yn(hd.allow_tcp_forwarding));
+    ynm.insert(
+        "disable_forwarding",
+        yn(!(hd.x11_forwarding || hd.allow_agent_forwarding || hd.allow_tcp_forwarding)),
+    );
     let mut c = tera::Context::new();
     c.insert(
         "header",

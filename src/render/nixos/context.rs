@@ -212,6 +212,7 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
         "x11_forwarding": hd.x11_forwarding,
         "allow_agent_forwarding": hd.allow_agent_forwarding,
         "allow_tcp_forwarding": hd.allow_tcp_forwarding,
+        "disable_forwarding": !(hd.x11_forwarding || hd.allow_agent_forwarding || hd.allow_tcp_forwarding),
         "max_auth_tries": hd.max_auth_tries,
         "login_grace_time": hd.login_grace_time,
         "kex_algorithms": hd.kex_algorithms,

@@ -34,6 +34,10 @@
       AllowStreamLocalForwarding = false;
       PermitTunnel = false;
       GatewayPorts = "no";
+      PermitUserEnvironment = false;
+      PermitListen = "none";
+      PermitOpen = "none";
+      DisableForwarding = true;
       MaxAuthTries = 3;
       LoginGraceTime = 30;
       KexAlgorithms = [ "sntrup761x25519-sha512@openssh.com" "curve25519-sha256" "curve25519-sha256@libssh.org" ];

@@ -352,7 +352,13 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             if report.failing().is_empty() {
                 String::new()
             } else {
-                format!(" (failing: {})", report.failing().join(", "))
+                let why: Vec<String> = report
+                    .results
+                    .iter()
+                    .filter(|r| r.status == crate::verify::Status::Fail)
+                    .map(|r| format!("{}: {}", r.id, first_line(&r.detail)))
+                    .collect();
+                format!(" (failing: {})", why.join("; "))
             }
         ),
     );
@@ -392,4 +398,14 @@ fn base_plus_seed(
         "built {} from base `{base}` + seed",
         built.image.display()
     ))
+}
+
+/// The first line of a check's detail, at most 300 characters (the rebuild summary stays one line).
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("");
+    if l.chars().count() > 300 {
+        format!("{}…", l.chars().take(300).collect::<String>())
+    } else {
+        l.to_string()
+    }
 }

@@ -96,7 +96,7 @@ printf 'LABFORGE-PROBES 1 %s\n' "$N"
 K=
 for k in {glob} $(sshd -T 2>/dev/null | awk '$1=="hostkey"{{print $2}}'); do
   [ -f "$k" ] || continue
-  if [ -f "$k.pub" ]; then read -r a b _ <"$k.pub" || continue; else set -- $(ssh-keygen -y -f "$k" 2>/dev/null) x x; a=$1; b=$2; fi
+  if [ -f "$k.pub" ]; then a= b=; read -r a b _ <"$k.pub"; [ -n "$b" ] || continue; else set -- $(ssh-keygen -y -f "$k" 2>/dev/null) x x; a=$1; b=$2; fi
   if [ "$a $b" = "$HK" ]; then K=$k; break; fi
 done
 if [ -z "$K" ]; then
@@ -388,5 +388,35 @@ mod tests {
         );
         let e = parse(&sh(&b3.script), &b3).unwrap_err();
         assert!(e.contains("no host key file"), "{e}");
+    }
+
+    /// cloud-init writes `ssh_keys: ed25519_public` verbatim, and labforge's seed carries the key without a
+    /// final newline: `read` then returns non-zero at EOF although it read the key. Found by the QEMU e2e
+    /// (vulcan refused every probe with "no host key file … matches").
+    #[test]
+    fn probe_signing_finds_a_host_key_whose_pub_file_has_no_final_newline() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("ssh_host_ed25519_key");
+        let o = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&k)
+            .status();
+        if !matches!(o, Ok(s) if s.success()) {
+            eprintln!("ssh-keygen not available: skipped");
+            return;
+        }
+        let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+        std::fs::write(k.with_extension("pub"), public.trim()).unwrap();
+        let glob = format!("{}/ssh_host_*_key", d.path().display());
+        let b = batch_with(
+            &probes(&[("a", "echo", "echo ok")]),
+            Some(public.trim()),
+            &nonce(),
+            &glob,
+        );
+        let out = sh(&b.script);
+        let m =
+            parse(&out, &b).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&out)));
+        assert_eq!(m["a"], RemoteOut::Ok("ok\n".into()));
     }
 }

@@ -169,7 +169,6 @@ const KNOWN_CASCADES: &[&str] = &[
     "relative-mount-path.toml",
     "secret-source-is-a-value.toml",
     "service-port-on-user-network.toml",
-    "weak-mac-algorithm.toml",
 ];
 
 /// Each mistake gives exactly one diagnostic: a case with one `# expect` line has exactly one error.

@@ -237,6 +237,9 @@ pub async fn deploy(ctx: Arc<Ctx>, plans: Vec<HostPlan>, parallel: usize) -> Vec
     out
 }
 
+/// How long the fresh login after an sshd reload keeps retrying before the old drop-in is restored.
+pub const RELOAD_LOGIN_BUDGET: Duration = Duration::from_secs(20);
+
 type HostResult = std::result::Result<(StepStatus, usize, String), (usize, anyhow::Error)>;
 
 async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
@@ -575,7 +578,23 @@ async fn exec_step(
                 }
                 bail!("sshd -t rejected the new configuration ({why}); the previous drop-in was restored and sshd was not reloaded");
             }
-            (StepStatus::Ok, "sshd -t accepts the configuration".into())
+            // The lock-out guard on what sshd will really use (the main config may set a list first).
+            let cmd = t.privileged(&format!("sshd -T -f {}", rpath("/etc/ssh/sshd_config")));
+            let eff = t.run(id, &cmd).await?;
+            let key_type = t
+                .host_key()
+                .and_then(|k| k.split_whitespace().next().map(|s| s.to_string()))
+                .unwrap_or_else(|| crate::spec::ssh_algos::HOST_KEY_TYPE.to_string());
+            if let Err(e) = transport::check_lockout_effective(&eff.stdout_str(), &key_type) {
+                for (p, prev) in &st.sshd_prev {
+                    restore(t, id, p, prev, 0o644).await?;
+                }
+                bail!("{e:#}; the previous drop-in was restored and sshd was not reloaded");
+            }
+            (
+                StepStatus::Ok,
+                "sshd -t accepts the configuration; its effective algorithm lists keep labforge's client in".into(),
+            )
         }
         Action::SshdReload => {
             if st.sshd_prev.is_empty() {
@@ -590,14 +609,19 @@ async fn exec_step(
                 )
                 .await?;
                 // A fresh login proves the new config still lets labforge in; otherwise put the old one back.
-                let fresh = match ctx.connector.connect(&hp.name).await {
-                    Ok(f) => f
-                        .run(id, "true")
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                };
+                // A login right after the reload can meet sshd re-executing itself: retry with backoff for
+                // a bounded time before concluding it is locked out.
+                let (fresh, attempts) = transport::retry_with_backoff(
+                    RELOAD_LOGIN_BUDGET,
+                    Duration::from_millis(250),
+                    Duration::from_secs(2),
+                    || async {
+                        let f = ctx.connector.connect(&hp.name).await?;
+                        f.run(id, "true").await?;
+                        Ok(())
+                    },
+                )
+                .await;
                 if let Err(e) = fresh {
                     for (p, prev) in &st.sshd_prev {
                         restore(t, id, p, prev, 0o644).await?;
@@ -607,11 +631,15 @@ async fn exec_step(
                         &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
                     )
                     .await?;
-                    bail!("after reloading sshd a fresh login failed ({e:#}); the previous drop-in was restored and sshd reloaded");
+                    bail!("after reloading sshd a fresh login failed {attempts} time(s) within {RELOAD_LOGIN_BUDGET:?} ({e:#}); the previous drop-in was restored and sshd reloaded");
                 }
                 (
                     StepStatus::Changed,
-                    "sshd reloaded; a fresh login works".into(),
+                    if attempts > 1 {
+                        format!("sshd reloaded; a fresh login works (attempt {attempts})")
+                    } else {
+                        "sshd reloaded; a fresh login works".into()
+                    },
                 )
             }
         }

@@ -4,6 +4,7 @@ pub mod model;
 pub mod raw;
 pub mod rules;
 pub mod source;
+pub mod ssh_algos;
 pub mod strings;
 mod validate;
 

@@ -237,30 +237,34 @@ const WEAK_ALGOS: &[&str] = &[
     "umac-64-etm@openssh.com",
 ];
 
-/// Methods russh (labforge's SSH client) implements; every list must keep one, or labforge locks itself out.
-pub const RUSSH_KEX: &[&str] = &[
-    "curve25519-sha256",
-    "curve25519-sha256@libssh.org",
-    "diffie-hellman-group14-sha256",
-    "diffie-hellman-group16-sha512",
-    "ecdh-sha2-nistp256",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp521",
-];
-pub const RUSSH_CIPHERS: &[&str] = &[
-    "chacha20-poly1305@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-gcm@openssh.com",
-    "aes256-ctr",
-    "aes192-ctr",
-    "aes128-ctr",
-];
-pub const RUSSH_MACS: &[&str] = &[
-    "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256-etm@openssh.com",
-    "hmac-sha2-512",
-    "hmac-sha2-256",
-];
+/// The lock-out guard (`SPEC030`, src/spec/ssh_algos.rs): the algorithm lists as they stand after this
+/// layer, against what labforge's own SSH client offers. Reported once, where a list this layer sets is
+/// to blame (a MAC problem also where the ciphers that need the MAC are set).
+fn lockout_guard(c: &mut Ctx, file: FileId, h: &Hardening, src: &RawHardening, path: &str) {
+    use super::ssh_algos::{lockouts, Lists, HOST_KEY_TYPE};
+    let l = Lists {
+        kex: Some(&h.kex_algorithms),
+        ciphers: Some(&h.ciphers),
+        macs: Some(&h.macs),
+        host_keys: Some(&h.host_key_algorithms),
+    };
+    for p in lockouts(&l, HOST_KEY_TYPE) {
+        let set = match p.field {
+            "kex_algorithms" => src.kex_algorithms.as_ref(),
+            "ciphers" => src.ciphers.as_ref(),
+            "macs" => src.macs.as_ref().or(src.ciphers.as_ref()),
+            _ => src.host_key_algorithms.as_ref(),
+        };
+        let Some(list) = set else { continue };
+        c.err(
+            "SPEC030",
+            format!("{path}.{}", p.field),
+            list.first().and_then(|a| at(file, a)),
+            format!("{}: a deploy would lock labforge out", p.message),
+            p.fix,
+        );
+    }
+}
 
 /// Overlay `src` onto `dst`, reporting invalid values.
 /// Where each hardening field was last set: field → (spec path, location).
@@ -356,25 +360,14 @@ fn apply_hardening(
             }
         }
     }
-    for (v, dst, name, russh) in [
-        (
-            &src.kex_algorithms,
-            &mut h.kex_algorithms,
-            "kex_algorithms",
-            RUSSH_KEX,
-        ),
-        (&src.ciphers, &mut h.ciphers, "ciphers", RUSSH_CIPHERS),
-        (&src.macs, &mut h.macs, "macs", RUSSH_MACS),
+    for (v, dst, name) in [
+        (&src.kex_algorithms, &mut h.kex_algorithms, "kex_algorithms"),
+        (&src.ciphers, &mut h.ciphers, "ciphers"),
+        (&src.macs, &mut h.macs, "macs"),
         (
             &src.host_key_algorithms,
             &mut h.host_key_algorithms,
             "host_key_algorithms",
-            &[
-                "ssh-ed25519",
-                "rsa-sha2-256",
-                "rsa-sha2-512",
-                "ecdsa-sha2-nistp256",
-            ][..],
         ),
     ] {
         let Some(list) = v else { continue };
@@ -400,20 +393,12 @@ fn apply_hardening(
                 format!("{name} is empty"),
                 "list at least one algorithm",
             );
-        } else if !list.iter().any(|a| russh.contains(&a.get_ref().as_str())) {
-            good = false;
-            c.err(
-                "SPEC003",
-                format!("{path}.{name}"),
-                at(file, &list[0]),
-                format!("no algorithm in {name} is one labforge's SSH client (russh) speaks: a deploy would lock labforge out"),
-                format!("keep at least one of: {}", russh.join(", ")),
-            );
         }
         if good {
             *dst = list.iter().map(|s| s.get_ref().clone()).collect();
         }
     }
+    lockout_guard(c, file, h, src, path);
     if let Some(v) = &src.firewall_default {
         match v.get_ref().as_str() {
             "drop" | "reject" | "accept" => {

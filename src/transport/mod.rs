@@ -302,91 +302,148 @@ impl Transport for LocalTransport {
     }
 }
 
-/// Algorithms russh (labforge's SSH client) implements, by list.
-pub fn russh_supported() -> [(&'static str, Vec<String>); 4] {
-    let n = |v: Vec<&str>| v.into_iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    [
-        (
-            "KexAlgorithms",
-            n(russh::kex::ALL_KEX_ALGORITHMS
-                .iter()
-                .map(|a| a.as_ref())
-                .filter(|a| *a != "none")
-                .collect()),
-        ),
-        (
-            "Ciphers",
-            n(russh::cipher::ALL_CIPHERS
-                .iter()
-                .map(|a| a.as_ref())
-                .filter(|a| *a != "none" && *a != "clear")
-                .collect()),
-        ),
-        (
-            "MACs",
-            n(russh::mac::ALL_MAC_ALGORITHMS
-                .iter()
-                .map(|a| a.as_ref())
-                .filter(|a| *a != "none")
-                .collect()),
-        ),
-        (
-            "HostKeyAlgorithms",
-            n(russh::keys::key::ALL_KEY_TYPES
-                .iter()
-                .map(|a| a.as_str())
-                .collect()),
-        ),
-    ]
-}
-
-/// Refuse an sshd configuration labforge could no longer connect to: for each algorithm list the config
-/// sets (`KexAlgorithms`, `Ciphers`, `MACs`, `HostKeyAlgorithms`), at least one entry must be one russh
-/// implements. AEAD ciphers carry their own MAC, so an empty MAC intersection is fine when one is chosen.
-pub fn check_lockout(sshd_config: &str) -> Result<()> {
+/// Lists of an sshd config text, first value wins (as sshd reads them), up to the first `Match`. Lists
+/// relative to OpenSSH's defaults (`+…`, `^…`) keep the defaults; `-…` removes from them.
+fn config_lists(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    use crate::spec::ssh_algos as a;
     let mut set: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for line in sshd_config.lines() {
+    for line in text.lines() {
         let l = line.trim();
         if l.starts_with('#') || l.is_empty() {
             continue;
         }
-        if l.to_ascii_lowercase().starts_with("match ") {
+        let mut it = l.splitn(2, |c: char| c.is_whitespace() || c == '=');
+        let k = it.next().unwrap_or("").to_ascii_lowercase();
+        if k == "match" {
             break;
         }
-        let mut it = l.splitn(2, char::is_whitespace);
-        let k = it.next().unwrap_or("").to_ascii_lowercase();
-        let v = it.next().unwrap_or("").trim();
-        set.entry(k)
-            .or_insert_with(|| v.split(',').map(|s| s.trim().to_string()).collect());
-    }
-    let sup = russh_supported();
-    let mut problems = Vec::new();
-    let aead = |c: &str| c.contains("gcm") || c.contains("poly1305");
-    let mut common_ciphers = Vec::new();
-    for (name, ours) in &sup {
-        let Some(theirs) = set.get(&name.to_ascii_lowercase()) else {
-            continue;
+        let v = it
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches('=')
+            .trim();
+        let ours = match k.as_str() {
+            "kexalgorithms" => a::client_kex(),
+            "ciphers" => a::client_ciphers(),
+            "macs" => a::client_macs(),
+            "hostkeyalgorithms" => a::client_host_keys(),
+            _ => continue,
         };
-        if theirs.iter().any(|a| a.starts_with(['+', '-', '^'])) {
-            continue; // relative to OpenSSH's defaults, which always include curve25519/ed25519/etm MACs
-        }
-        let common: Vec<&String> = theirs.iter().filter(|a| ours.contains(a)).collect();
-        if *name == "Ciphers" {
-            common_ciphers = common.iter().map(|s| s.to_string()).collect();
-        }
-        if common.is_empty() && !(*name == "MACs" && common_ciphers.iter().any(|c| aead(c))) {
-            problems.push(format!(
-                "{name} {} shares nothing with labforge's SSH client ({})",
-                theirs.join(","),
-                ours.join(",")
-            ));
+        let list: Vec<String> = if let Some(rest) = v.strip_prefix('-') {
+            // OpenSSH's defaults include everything the client offers that is not removed here.
+            let removed: Vec<&str> = rest.split(',').map(|s| s.trim()).collect();
+            ours.into_iter()
+                .filter(|x| !removed.iter().any(|r| wildcard(r, x)))
+                .collect()
+        } else if v.starts_with('+') || v.starts_with('^') {
+            ours
+        } else {
+            v.split(',').map(|s| s.trim().to_string()).collect()
+        };
+        set.entry(k).or_insert(list);
+    }
+    set
+}
+
+fn wildcard(p: &str, s: &str) -> bool {
+    match p.split_once('*') {
+        Some((a, b)) => s.starts_with(a) && s[a.len()..].ends_with(b),
+        None => p == s,
+    }
+}
+
+fn lockout_error(
+    what: &str,
+    set: &std::collections::BTreeMap<String, Vec<String>>,
+    key_type: &str,
+) -> Result<()> {
+    use crate::spec::ssh_algos::{lockouts, Lists};
+    let l = Lists {
+        kex: set.get("kexalgorithms").map(|v| v.as_slice()),
+        ciphers: set.get("ciphers").map(|v| v.as_slice()),
+        macs: set.get("macs").map(|v| v.as_slice()),
+        host_keys: set.get("hostkeyalgorithms").map(|v| v.as_slice()),
+    };
+    let problems = lockouts(&l, key_type);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "refusing {what}, labforge would lock itself out: {}",
+        problems
+            .iter()
+            .map(|p| format!("{} — {} ({})", p.keyword, p.message, p.fix))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// Refuse an sshd configuration text labforge could no longer connect to (the lock-out guard of
+/// `crate::spec::ssh_algos`, with the lists the text sets before any `Match`).
+pub fn check_lockout(sshd_config: &str) -> Result<()> {
+    lockout_error(
+        "this sshd config",
+        &config_lists(sshd_config),
+        crate::spec::ssh_algos::HOST_KEY_TYPE,
+    )
+}
+
+/// The same guard on the host's effective configuration (`sshd -T` output) before a reload, for a host
+/// whose key is of `key_type` (the key this session was pinned to).
+pub fn check_lockout_effective(sshd_t: &str, key_type: &str) -> Result<()> {
+    let mut set: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in sshd_t.lines() {
+        let mut it = l.splitn(2, ' ');
+        let k = it.next().unwrap_or("").to_ascii_lowercase();
+        if matches!(
+            k.as_str(),
+            "kexalgorithms" | "ciphers" | "macs" | "hostkeyalgorithms"
+        ) {
+            let v = it.next().unwrap_or("").trim();
+            set.entry(k)
+                .or_insert_with(|| v.split(',').map(|s| s.to_string()).collect());
         }
     }
-    if !problems.is_empty() {
-        bail!(
-            "refusing this sshd config, labforge would lock itself out: {}; keep e.g. curve25519-sha256, chacha20-poly1305@openssh.com, hmac-sha2-256-etm@openssh.com and ssh-ed25519",
-            problems.join("; ")
-        );
+    for k in ["kexalgorithms", "ciphers", "macs", "hostkeyalgorithms"] {
+        if !set.contains_key(k) {
+            bail!("the effective sshd configuration (sshd -T) prints no `{k}`: cannot prove labforge keeps access; not reloading");
+        }
     }
-    Ok(())
+    lockout_error(
+        "the host's effective sshd configuration (sshd -T)",
+        &set,
+        key_type,
+    )
+}
+
+/// Retry `attempt` with exponential backoff (from `first`, doubling, at most `max_step`) until it
+/// succeeds or `budget` has passed; returns the last error and how many attempts were made.
+pub async fn retry_with_backoff<T, F, Fut>(
+    budget: std::time::Duration,
+    first: std::time::Duration,
+    max_step: std::time::Duration,
+    mut attempt: F,
+) -> (std::result::Result<T, anyhow::Error>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, anyhow::Error>>,
+{
+    let start = std::time::Instant::now();
+    let mut step = first;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt().await {
+            Ok(v) => return (Ok(v), n),
+            Err(e) => {
+                let left = budget.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return (Err(e), n);
+                }
+                tokio::time::sleep(step.min(left)).await;
+                step = (step * 2).min(max_step);
+            }
+        }
+    }
 }

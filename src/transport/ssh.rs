@@ -85,6 +85,11 @@ pub struct SshTransport {
     host_key: String,
 }
 
+/// The algorithm lists every labforge connection offers (the lock-out guard derives from exactly these).
+pub fn client_preferred() -> russh::Preferred {
+    config().preferred.clone()
+}
+
 fn config() -> Arc<client::Config> {
     Arc::new(client::Config {
         inactivity_timeout: Some(Duration::from_secs(3600)),

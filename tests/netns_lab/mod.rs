@@ -106,6 +106,9 @@ pub struct StartOpts {
     /// Extra files under the host's view: (absolute path inside the host, content). `/etc/ssh/...` paths
     /// land in the bind-mounted /etc/ssh.
     pub files: Vec<(String, String)>,
+    /// The body of the fake `systemctl` (default: `reload ssh` = SIGHUP to this sshd). `{rs}` is replaced by
+    /// the host's root directory.
+    pub systemctl: Option<String>,
 }
 
 pub struct Lab {
@@ -431,6 +434,10 @@ address = "10.60.{hi}.{lo}"
         )
         .unwrap();
         std::fs::write(r.join("etc/ssh/sshd_config.d/10-labforge.conf"), dropin).unwrap();
+        // As on a real host (diffie-hellman-group-exchange needs it).
+        if Path::new("/etc/ssh/moduli").exists() {
+            std::fs::copy("/etc/ssh/moduli", r.join("etc/ssh/moduli")).unwrap();
+        }
         std::fs::write(r.join("etc/ssh/ssh_host_ed25519_key"), priv_).unwrap();
         std::fs::write(
             r.join("etc/ssh/ssh_host_ed25519_key.pub"),
@@ -539,7 +546,10 @@ address = "10.60.{hi}.{lo}"
         let fake = |name: &str, body: String| {
             std::fs::write(r.join("fakebin").join(name), format!("#!/bin/sh\n{body}")).unwrap();
         };
-        fake("systemctl", format!("case \"$1 $2\" in 'reload ssh'|'reload sshd') kill -HUP \"$(cat {rs}/run/sshd.pid)\";; *) echo \"fake systemctl: $*\" >&2; exit 1;; esac\n"));
+        match &opts.systemctl {
+            Some(body) => fake("systemctl", body.replace("{rs}", &rs)),
+            None => fake("systemctl", format!("case \"$1 $2\" in 'reload ssh'|'reload sshd') kill -HUP \"$(cat {rs}/run/sshd.pid)\";; *) echo \"fake systemctl: $*\" >&2; exit 1;; esac\n")),
+        }
         fake(
             "docker",
             format!(

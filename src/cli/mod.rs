@@ -108,7 +108,8 @@ pub enum Command {
         after_help = "Exit 0 when every host deployed (or had nothing to change), 1 when a host failed or waits for an operator gate\n(with --dry-run: also when a host would change), 2 on input errors."
     )]
     Deploy {
-        /// Hosts to deploy.
+        /// Hosts to deploy; a Talos cluster's name deploys every node of it, then bootstraps (once), fetches the
+        /// kubeconfig and waits for health, through talosctl.
         hosts: Vec<String>,
         /// Every host that runs SSH.
         #[arg(long, conflicts_with_all = ["hosts", "on"])]
@@ -129,6 +130,10 @@ pub enum Command {
         /// Seconds a NixOS switch has to be confirmed on a fresh connection before the host rolls back.
         #[arg(long, default_value_t = 300)]
         confirm_timeout: u64,
+        /// Seconds a Talos bootstrap node may take after its first install (install + reboot) until its
+        /// authenticated API answers.
+        #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+        talos_wait: u64,
         #[command(flatten)]
         ssh: SshArgs,
         /// One JSON event per line on stdout.

@@ -77,6 +77,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             dry_run,
             offline,
             confirm_timeout,
+            talos_wait,
             ssh,
             json,
         } => {
@@ -90,7 +91,29 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             let sel: Vec<&crate::spec::model::Host> =
                 names.iter().map(|n| &spec.hosts[n]).collect();
             let plan = crate::plan::plan(&spec, &sel);
+            let cluster_names = crate::deploy::selected_clusters(&spec, hosts);
             if *dry_run && *offline {
+                for c in plan
+                    .clusters
+                    .iter()
+                    .filter(|c| cluster_names.contains(&c.name))
+                {
+                    for s in &c.steps {
+                        if *json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"event": "planned", "host": format!("cluster:{}", c.name), "step": s.id, "action": s.action, "description": s.description})
+                            );
+                        } else {
+                            println!(
+                                "{:<12} {:<40} {}",
+                                format!("cluster:{}", c.name),
+                                s.id,
+                                s.description
+                            );
+                        }
+                    }
+                }
                 for hp in &plan.hosts {
                     for s in &hp.deploy {
                         let gate = match &s.requires_gate {
@@ -114,6 +137,37 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 }
                 return Ok(Exit::Ok);
             }
+            // Talos nodes and clusters go through talosctl on the controller; without it nothing runs.
+            let talos_nodes: Vec<&crate::plan::HostPlan> = plan
+                .hosts
+                .iter()
+                .filter(|h| h.os == crate::spec::model::Os::Talos && !h.deploy.is_empty())
+                .collect();
+            let talos_clusters: Vec<&crate::plan::ClusterPlan> = plan
+                .clusters
+                .iter()
+                .filter(|c| cluster_names.contains(&c.name))
+                .collect();
+            let talosctl = if talos_nodes.is_empty() && talos_clusters.is_empty() {
+                None
+            } else {
+                match crate::deploy::talos::find_talosctl() {
+                    Some(bin) => Some(crate::deploy::talos::Talosctl {
+                        bin,
+                        root: root.clone(),
+                        call_timeout: Duration::from_secs(120),
+                    }),
+                    None => {
+                        eprintln!("error: `talosctl` is not on PATH: labforge deploys Talos nodes with it. Install talosctl (the cluster's Talos version), or run these commands from {}:", root.display());
+                        for c in
+                            crate::deploy::talos::manual_commands(&talos_nodes, &talos_clusters)
+                        {
+                            eprintln!("  {c}");
+                        }
+                        return Ok(Exit::Input);
+                    }
+                }
+            };
             let opts = ssh_options(&root, &spec, ssh, first_admin(&spec))?;
             let spec = Arc::new(spec);
             let store = Arc::new(crate::secrets::Store::open(&root, &spec)?);
@@ -142,14 +196,25 @@ pub fn run(cli: &Cli) -> Result<Exit> {
             });
             let plans: Vec<_> = plan
                 .hosts
-                .into_iter()
-                .filter(|h| !h.deploy.is_empty())
+                .iter()
+                .filter(|h| !h.deploy.is_empty() && h.os != crate::spec::model::Os::Talos)
+                .cloned()
                 .collect();
-            let summary = rt.block_on(crate::deploy::deploy(
+            let mut summary = rt.block_on(crate::deploy::deploy(
                 ctx.clone(),
                 plans,
                 *parallel as usize,
             ));
+            if let Some(t) = &talosctl {
+                summary.extend(rt.block_on(crate::deploy::talos::deploy(
+                    t,
+                    &talos_nodes,
+                    &talos_clusters,
+                    *dry_run,
+                    Duration::from_secs(*talos_wait),
+                    &ctx.sink,
+                )));
+            }
             let ok = summary.iter().all(|h| {
                 if *dry_run {
                     h.status == crate::deploy::StepStatus::Unchanged
@@ -193,6 +258,11 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                     return Ok(Exit::Input);
                 }
             };
+            let talos_names: Vec<String> = names
+                .iter()
+                .filter(|n| spec.hosts[*n].os == crate::spec::model::Os::Talos)
+                .cloned()
+                .collect();
             let names: Vec<String> = names
                 .into_iter()
                 .filter(|n| spec.hosts[n].os.has_ssh())
@@ -227,6 +297,23 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                     }
                 },
             ));
+            let mut reports = reports;
+            if !talos_names.is_empty() {
+                let t = crate::deploy::talos::find_talosctl().map(|bin| {
+                    crate::deploy::talos::Talosctl {
+                        bin,
+                        root: root.clone(),
+                        call_timeout: Duration::from_secs(60),
+                    }
+                });
+                for n in &talos_names {
+                    reports.push(rt.block_on(crate::verify::talos::verify_node(
+                        &spec,
+                        &spec.hosts[n],
+                        t.as_ref(),
+                    )));
+                }
+            }
             if let Some(p) = junit {
                 crate::render::write_atomic(p, crate::verify::junit(&reports).as_bytes(), 0o644)?;
             }

@@ -7,6 +7,7 @@
 //! carries a secret value (only paths, sizes and step ids).
 
 pub mod nixos;
+pub mod talos;
 
 use crate::plan::{Action, HostPlan, Step};
 use crate::spec::model::{Os, Spec};
@@ -796,10 +797,9 @@ async fn exec_step(
         Action::TalosApplyConfig { .. }
         | Action::TalosBootstrap { .. }
         | Action::TalosKubeconfig { .. }
-        | Action::TalosHealth { .. } => (
-            StepStatus::Skipped,
-            "Talos nodes are driven by talosctl (see `labforge plan`), not over SSH".into(),
-        ),
+        | Action::TalosHealth { .. } => {
+            bail!("Talos steps run through talosctl on the controller (deploy::talos), never over SSH")
+        }
     })
 }
 
@@ -926,5 +926,40 @@ pub fn select_hosts(
     if names.is_empty() {
         return Err("name hosts, or pass --all or --on TAG".into());
     }
-    crate::plan::select(spec, names).map(|v| v.iter().map(|h| h.name.clone()).collect())
+    // A cluster's name stands for its nodes (control planes first), unless a host has that name.
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let v: Vec<String> = match (spec.hosts.get(n), spec.clusters.get(n)) {
+            (None, Some(c)) => c.control_planes.iter().chain(&c.workers).cloned().collect(),
+            _ => crate::plan::select(spec, std::slice::from_ref(n))
+                .map_err(|e| {
+                    if spec.clusters.is_empty() {
+                        e
+                    } else {
+                        format!(
+                            "{e}; clusters: {}",
+                            spec.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                })?
+                .iter()
+                .map(|h| h.name.clone())
+                .collect(),
+        };
+        for x in v {
+            if !out.contains(&x) {
+                out.push(x);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The clusters named among `names` (not hosts of the same name): `deploy CLUSTER` runs their cluster steps.
+pub fn selected_clusters(spec: &Spec, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !spec.hosts.contains_key(*n) && spec.clusters.contains_key(*n))
+        .cloned()
+        .collect()
 }

@@ -147,20 +147,124 @@ pub enum Action {
     },
     /// Run `labforge verify` checks against the host.
     Verify,
+    /// `talosctl apply-config`: `--insecure` when the node answers only in maintenance mode (first install),
+    /// else authenticated with the cluster's talosconfig; nothing is applied when the node's machine config
+    /// already equals `config`.
     TalosApplyConfig {
         node: String,
         config: String,
-        insecure: bool,
+        talosconfig: String,
     },
+    /// `talosctl bootstrap`, exactly once per cluster: skipped when etcd already lists members.
     TalosBootstrap {
         node: String,
+        talosconfig: String,
     },
+    /// `talosctl kubeconfig OUT` (admin credentials: written under out/, never committed).
     TalosKubeconfig {
-        endpoint: String,
+        node: String,
+        endpoints: Vec<String>,
+        talosconfig: String,
+        out: String,
     },
+    /// `talosctl health` with a bounded wait.
     TalosHealth {
-        endpoint: String,
+        node: String,
+        endpoints: Vec<String>,
+        talosconfig: String,
+        wait_timeout_s: u64,
     },
+}
+
+impl Action {
+    /// The talosctl arguments of a Talos action, exactly as deploy runs them (`plan` prints these).
+    /// `insecure`: the maintenance-mode form of apply-config (first install).
+    pub fn talosctl_args(&self, insecure: bool) -> Option<Vec<String>> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Some(match self {
+            Action::TalosApplyConfig {
+                node,
+                config,
+                talosconfig,
+            } => {
+                if insecure {
+                    s(&[
+                        "apply-config",
+                        "--insecure",
+                        "--nodes",
+                        node,
+                        "--file",
+                        config,
+                    ])
+                } else {
+                    s(&[
+                        "--talosconfig",
+                        talosconfig,
+                        "apply-config",
+                        "--nodes",
+                        node,
+                        "--endpoints",
+                        node,
+                        "--file",
+                        config,
+                    ])
+                }
+            }
+            Action::TalosBootstrap { node, talosconfig } => s(&[
+                "--talosconfig",
+                talosconfig,
+                "bootstrap",
+                "--nodes",
+                node,
+                "--endpoints",
+                node,
+            ]),
+            Action::TalosKubeconfig {
+                node,
+                endpoints,
+                talosconfig,
+                out,
+            } => s(&[
+                "--talosconfig",
+                talosconfig,
+                "kubeconfig",
+                out,
+                "--force",
+                "--merge=false",
+                "--nodes",
+                node,
+                "--endpoints",
+                &endpoints.join(","),
+            ]),
+            Action::TalosHealth {
+                node,
+                endpoints,
+                talosconfig,
+                wait_timeout_s,
+            } => s(&[
+                "--talosconfig",
+                talosconfig,
+                "health",
+                "--nodes",
+                node,
+                "--endpoints",
+                &endpoints.join(","),
+                "--wait-timeout",
+                &format!("{wait_timeout_s}s"),
+            ]),
+            _ => return None,
+        })
+    }
+
+    /// The talosctl command line of a Talos action, for an operator to run by hand.
+    pub fn talosctl_command(&self, insecure: bool) -> Option<String> {
+        self.talosctl_args(insecure).map(|a| {
+            std::iter::once("talosctl".to_string())
+                .chain(a.iter().map(|x| crate::transport::sq_if_needed(x)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -172,7 +276,11 @@ pub struct ClusterPlan {
     pub control_planes: Vec<String>,
     pub workers: Vec<String>,
     pub artifacts: Vec<render::Artifact>,
-    /// The exact operator commands, in order (first install → bootstrap → kubeconfig → health).
+    /// What `labforge deploy CLUSTER` runs after every node's apply step, in order (bootstrap → kubeconfig →
+    /// health); the nodes' own `talos-apply` steps are in their host plans.
+    pub steps: Vec<Step>,
+    /// The exact operator commands, in order (first install → bootstrap → kubeconfig → health), from the
+    /// typed steps (apply in its first-install form).
     pub commands: Vec<String>,
 }
 
@@ -390,9 +498,9 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                 Action::TalosApplyConfig {
                     node: addr,
                     config: render::talos::config_path(&cl.name, &h.name),
-                    insecure: true,
+                    talosconfig: render::talos::talosconfig_path(&cl.name),
                 },
-                "apply the machine config (insecure: first install, maintenance mode)".into(),
+                "apply the machine config (maintenance mode: --insecure, first install; else with the talosconfig; nothing when it already matches)".into(),
             ));
         }
         return steps;
@@ -584,6 +692,9 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
     steps
 }
 
+/// How long `talosctl health` may wait for the cluster (flag `--wait-timeout`).
+pub const TALOS_HEALTH_WAIT_S: u64 = 600;
+
 fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPlan {
     let endpoint = format!("https://{}:6443", c.endpoint_vip);
     let addr = |n: &str| {
@@ -593,30 +704,63 @@ fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPl
             .map(|a| a.to_string())
             .unwrap_or_else(|| n.to_string())
     };
-    let cfg = |n: &str| render::talos::config_path(&c.name, n);
     let talosconfig = render::talos::talosconfig_path(&c.name);
     let mut commands = Vec::new();
     for n in c.control_planes.iter().chain(&c.workers) {
-        commands.push(format!(
-            "talosctl apply-config --insecure --nodes {} --file {}",
-            addr(n),
-            cfg(n)
-        ));
-    }
-    if let Some(first) = c.control_planes.first() {
-        let a = addr(first);
-        commands.push(format!(
-            "talosctl --talosconfig {talosconfig} bootstrap --nodes {a} --endpoints {a}"
-        ));
+        let a = Action::TalosApplyConfig {
+            node: addr(n),
+            config: render::talos::config_path(&c.name, n),
+            talosconfig: talosconfig.clone(),
+        };
+        commands.extend(a.talosctl_command(true));
     }
     // talosctl talks to control-plane nodes directly; the VIP is for the Kubernetes API only (it follows etcd).
     let eps: Vec<String> = c.control_planes.iter().map(|n| addr(n)).collect();
-    let first = eps.first().cloned().unwrap_or_default();
-    commands.push(format!("talosctl --talosconfig {talosconfig} kubeconfig out/talos/{}/kubeconfig --nodes {first} --endpoints {}", c.name, eps.join(",")));
-    commands.push(format!(
-        "talosctl --talosconfig {talosconfig} health --nodes {first} --endpoints {}",
-        eps.join(",")
-    ));
+    let mut steps = Vec::new();
+    let step = |action: &str, a: Action, d: String| Step {
+        id: format!("{}:{action}", c.name),
+        action: a,
+        description: d,
+        requires_gate: None,
+    };
+    if let Some(first) = eps.first().cloned() {
+        steps.push(step(
+            "talos-bootstrap",
+            Action::TalosBootstrap {
+                node: first.clone(),
+                talosconfig: talosconfig.clone(),
+            },
+            format!("bootstrap etcd on {first}, once: skipped when etcd already has members"),
+        ));
+        steps.push(step(
+            "talos-kubeconfig",
+            Action::TalosKubeconfig {
+                node: first.clone(),
+                endpoints: eps.clone(),
+                talosconfig: talosconfig.clone(),
+                out: format!("out/talos/{}/kubeconfig", c.name),
+            },
+            format!(
+                "fetch the cluster's kubeconfig into out/talos/{}/kubeconfig",
+                c.name
+            ),
+        ));
+        steps.push(step(
+            "talos-health",
+            Action::TalosHealth {
+                node: first.clone(),
+                endpoints: eps.clone(),
+                talosconfig: talosconfig.clone(),
+                wait_timeout_s: TALOS_HEALTH_WAIT_S,
+            },
+            format!("wait (at most {TALOS_HEALTH_WAIT_S} s) until talosctl health passes"),
+        ));
+    }
+    commands.extend(
+        steps
+            .iter()
+            .filter_map(|s| s.action.talosctl_command(false)),
+    );
     ClusterPlan {
         name: c.name.clone(),
         talos_version: c.talos_version.clone(),
@@ -629,6 +773,7 @@ fn cluster_plan(spec: &Spec, c: &Cluster, all: &[render::Artifact]) -> ClusterPl
             .filter(|a| a.cluster.as_deref() == Some(c.name.as_str()))
             .cloned()
             .collect(),
+        steps,
         commands,
     }
 }

@@ -167,6 +167,18 @@ pub fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A shell word, quoted only when it needs it (for commands a person reads and may paste).
+pub fn sq_if_needed(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:,=@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        sq(s)
+    }
+}
+
 /// A remote path as a shell word: `"${LABFORGE_ROOT:-}"'/etc/…'`.
 pub fn rpath(path: &str) -> String {
     format!("\"${{LABFORGE_ROOT:-}}\"{}", sq(path))

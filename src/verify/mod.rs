@@ -10,6 +10,7 @@ pub mod eval;
 mod eval_sshd;
 pub mod listeners;
 pub mod probes;
+pub mod talos;
 
 use crate::spec::model::{Host, Spec};
 use crate::transport::ssh::{self, SshOptions};

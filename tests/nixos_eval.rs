@@ -688,3 +688,22 @@ in {{
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// sshd binds only the management address, which may not exist yet at `network.target`; nixpkgs' openssh
+/// module documents ordering it after `network-online.target` in that case (issue 16 point 6).
+#[test]
+fn nixos_sshd_waits_for_network_online_because_it_binds_the_management_address() {
+    let root = common::repo();
+    for host in ["atlas", "hermes", "hestia"] {
+        let h = eval_host(&root, host, PKGS);
+        let unit = at(&h["config"], &["systemd", "services", "sshd"]);
+        assert!(
+            strs(&unit["after"]).contains(&"network-online.target".to_string()),
+            "{host}: {unit}"
+        );
+        assert!(
+            strs(&unit["wants"]).contains(&"network-online.target".to_string()),
+            "{host}: {unit}"
+        );
+    }
+}

@@ -47,4 +47,10 @@
       LogLevel = "VERBOSE";
     };
   };
+  # sshd binds only the management address, which need not exist yet at network.target: as nixpkgs' openssh
+  # module documents for listenAddresses, order it after network-online.target (and pull that target in).
+  systemd.services.sshd = {
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+  };
 }

@@ -305,6 +305,19 @@ fn human_plan(plan: &crate::plan::Plan) -> String {
             let _ = writeln!(o, "    $ {cmd}");
         }
     }
+    if !plan.dependencies.waves.is_empty() {
+        let _ = writeln!(o, "\ndeploy waves (a host after every host it needs):");
+        for (i, w) in plan.dependencies.waves.iter().enumerate() {
+            let _ = writeln!(o, "  wave {}: {}", i + 1, w.join(", "));
+        }
+        for e in &plan.dependencies.edges {
+            let kind = serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let _ = writeln!(o, "    {} → {} ({kind}: {})", e.from, e.to, e.why);
+        }
+    }
     for g in &plan.gates {
         let _ = writeln!(
             o,

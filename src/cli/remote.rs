@@ -200,10 +200,11 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                 .filter(|h| !h.deploy.is_empty() && h.os != crate::spec::model::Os::Talos)
                 .cloned()
                 .collect();
-            let mut summary = rt.block_on(crate::deploy::deploy(
+            let mut summary = rt.block_on(crate::deploy::deploy_in_waves(
                 ctx.clone(),
                 plans,
                 *parallel as usize,
+                &plan.dependencies.edges,
             ));
             if let Some(t) = &talosctl {
                 summary.extend(rt.block_on(crate::deploy::talos::deploy(

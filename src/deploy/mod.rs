@@ -175,8 +175,83 @@ fn parse_mode(m: &str) -> u32 {
     u32::from_str_radix(m.trim_start_matches("0o"), 8).unwrap_or(0o644)
 }
 
-/// Deploy every host in `plans`, at most `parallel` at a time. Returns the per-host summaries.
+/// Deploy every host in `plans`, at most `parallel` at a time, all in one wave. Returns the per-host
+/// summaries.
 pub async fn deploy(ctx: Arc<Ctx>, plans: Vec<HostPlan>, parallel: usize) -> Vec<HostSummary> {
+    deploy_in_waves(ctx, plans, parallel, &[]).await
+}
+
+/// Deploy `plans` in the waves `edges` give them (a host after every planned host it needs): a wave starts
+/// when the previous one has deployed and verified; a host whose provider did not succeed is not started
+/// ("not started: waits on X"), while unrelated hosts go on. `--parallel` applies inside a wave.
+pub async fn deploy_in_waves(
+    ctx: Arc<Ctx>,
+    plans: Vec<HostPlan>,
+    parallel: usize,
+    edges: &[crate::spec::deps::Edge],
+) -> Vec<HostSummary> {
+    let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    let waves = crate::spec::deps::waves(&names, edges).unwrap_or_else(|_| vec![names.clone()]);
+    let host_of = |e: &str| e.split('/').next().unwrap_or(e).to_string();
+    let mut needs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in edges {
+        if e.to.starts_with("gate:") {
+            continue;
+        }
+        let (a, b) = (host_of(&e.from), host_of(&e.to));
+        if a != b && names.contains(&a) && names.contains(&b) {
+            needs.entry(a).or_default().insert(b);
+        }
+    }
+    let mut by_name: BTreeMap<String, HostPlan> =
+        plans.into_iter().map(|p| (p.name.clone(), p)).collect();
+    let mut out: Vec<HostSummary> = Vec::new();
+    let mut not_ok: BTreeSet<String> = BTreeSet::new();
+    for wave in waves {
+        let mut run = Vec::new();
+        for h in wave {
+            let Some(hp) = by_name.remove(&h) else {
+                continue;
+            };
+            let waits: Vec<String> = needs
+                .get(&h)
+                .map(|n| n.iter().filter(|x| not_ok.contains(*x)).cloned().collect())
+                .unwrap_or_default();
+            if waits.is_empty() {
+                run.push(hp);
+            } else {
+                let s = HostSummary {
+                    host: h.clone(),
+                    status: StepStatus::Blocked,
+                    changed: 0,
+                    detail: format!("not started: waits on {}", waits.join(", ")),
+                };
+                (ctx.sink)(&Event::HostDone {
+                    host: s.host.clone(),
+                    status: s.status.clone(),
+                    changed: 0,
+                    detail: s.detail.clone(),
+                });
+                not_ok.insert(h);
+                out.push(s);
+            }
+        }
+        for s in run_wave(ctx.clone(), run, parallel).await {
+            let ok = if ctx.dry_run {
+                !matches!(s.status, StepStatus::Failed | StepStatus::Blocked)
+            } else {
+                matches!(s.status, StepStatus::Changed | StepStatus::Unchanged)
+            };
+            if !ok {
+                not_ok.insert(s.host.clone());
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+async fn run_wave(ctx: Arc<Ctx>, plans: Vec<HostPlan>, parallel: usize) -> Vec<HostSummary> {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut handles = Vec::new();
     for hp in plans {

@@ -21,6 +21,8 @@ pub struct Plan {
     pub hosts: Vec<HostPlan>,
     pub clusters: Vec<ClusterPlan>,
     pub gates: Vec<GatePlan>,
+    /// The planned hosts' dependencies (edges from a planned host) and their deploy waves.
+    pub dependencies: crate::spec::deps::Graph,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -387,7 +389,22 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
             })
         })
         .collect();
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let dependencies = {
+        let edges: Vec<crate::spec::deps::Edge> = crate::spec::deps::edges(spec)
+            .into_iter()
+            .filter(|e| {
+                names
+                    .iter()
+                    .any(|n| e.from == *n || e.from.starts_with(&format!("{n}/")))
+            })
+            .collect();
+        // `check` refuses a cycle, so a validated spec always has waves.
+        let waves = crate::spec::deps::waves(&names, &edges).unwrap_or_default();
+        crate::spec::deps::Graph { edges, waves }
+    };
     Plan {
+        dependencies,
         format_version: FORMAT_VERSION,
         spec_revision: spec.revision.clone(),
         site: spec.site.name.clone(),

@@ -1,5 +1,6 @@
 //! The spec: loading `hosts/*.toml`, merging the files, and validating into [`model::Spec`].
 
+pub mod deps;
 pub mod model;
 pub mod raw;
 pub mod rules;
@@ -133,6 +134,9 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         );
     }
     let spec = validate::validate(&merged, &sources, &mut diags);
+    if let Some(s) = &spec {
+        diags.extend(deps::diagnostics(s));
+    }
     strings::dedupe(&mut diags);
     let diagnostics = Diagnostics::from_list(diags, &sources);
     let spec = if diagnostics.has_errors() { None } else { spec };

@@ -42,6 +42,7 @@ rules! {
     "SPEC026", None, "control character in a spec string";
     "SPEC027", None, "invalid mount option";
     "SPEC030", None, "SSH algorithm lists labforge's own SSH client cannot connect with (lock-out guard)";
+    "SPEC031", None, "dependency cycle between hosts or stacks";
     "S000-SSH-MGMT", Some("000"), "SSH only on the management network";
     "S000-ROOT-LOGIN", Some("000"), "root login disabled, non-root admin with a key required";
     "S000-KEY-AUTH", Some("000"), "SSH key authentication only";

@@ -90,3 +90,12 @@ pub fn record(spec: &Spec, root: &Path, g: &Gate, by: &str, note: &str) -> Resul
     crate::render::write_atomic(&path(root, &g.id), text.as_bytes(), 0o644)?;
     Ok(s)
 }
+
+/// Where a host records that a gate was signed off (written by `labforge deploy` once the operator confirmed
+/// it): a stack behind a `before` gate starts only when this file exists, at first boot and on every boot.
+pub const HOST_MARKER_DIR: &str = "/var/lib/labforge/gates";
+
+/// The host-side marker of gate `id`.
+pub fn host_marker(id: &str) -> String {
+    format!("{HOST_MARKER_DIR}/{id}")
+}

@@ -133,8 +133,12 @@ fn plan_orders_operator_gates_around_their_stack() {
             .position(|x| *x == id)
             .unwrap_or_else(|| panic!("{id} not in {ids:?}"))
     };
-    assert!(pos("hermes:gate:s001-preconditions") < pos("hermes:nixos-switch"));
-    assert!(pos("hermes:nixos-switch") < pos("hermes:gate:s001-validation"));
+    // The switch installs everything (the gated stack's unit waits for the gate's host marker), so the rest
+    // of the host — Traefik, which seed 001 wants deployed and stable first — deploys before the sign-off;
+    // the gate then stands between the switch and starting the gated stack.
+    assert!(pos("hermes:nixos-switch") < pos("hermes:gate:s001-preconditions"));
+    assert!(pos("hermes:gate:s001-preconditions") < pos("hermes:stack-start:metrics"));
+    assert!(pos("hermes:stack-start:metrics") < pos("hermes:gate:s001-validation"));
     let gate = &v["hosts"][0]["deploy"][pos("hermes:gate:s001-preconditions")];
     assert_eq!(gate["requires_gate"], "s001-preconditions");
 }

@@ -66,6 +66,12 @@ in
       requires = [ "docker.service" ];
       wantedBy = [ "multi-user.target" ];
       reloadTriggers = [ source ];
+      unitConfig = {
+        # Behind operator gate(s) `s001-preconditions` (seed 001: MUST NOT proceed until validation
+        # passes): skipped at first boot and on every boot until `labforge deploy` finds the gate signed off and
+        # writes its marker.
+        ConditionPathExists = [ "/var/lib/labforge/gates/s001-preconditions" ];
+      };
       serviceConfig = {
         Type = "oneshot";
         RemainAfterExit = true;

@@ -801,7 +801,23 @@ async fn exec_step(
                 .ok_or_else(|| anyhow!("no gate `{gate}` in the spec"))?;
             let (status, _) = crate::gate::status(&ctx.spec, &ctx.root, g)?;
             if status == crate::gate::Status::Confirmed {
-                (StepStatus::Ok, format!("gate {gate} signed off"))
+                if ctx.dry_run {
+                    (StepStatus::Ok, format!("gate {gate} signed off"))
+                } else {
+                    // The host-side marker lets the gated stack start (now and on every boot).
+                    let m = crate::gate::host_marker(gate);
+                    let cmd = t.privileged(&format!(
+                        "mkdir -p {dir} && chmod 0755 {dir} && printf '%s\\n' {val} > {f}.tmp && mv -f {f}.tmp {f}",
+                        dir = rpath(crate::gate::HOST_MARKER_DIR),
+                        val = sq(&format!("gate {gate} signed off (labforge deploy)")),
+                        f = rpath(&m),
+                    ));
+                    t.run(id, &cmd).await?;
+                    (
+                        StepStatus::Ok,
+                        format!("gate {gate} signed off; {m} marks it on the host"),
+                    )
+                }
             } else if ctx.dry_run {
                 (
                     StepStatus::Blocked,
@@ -829,6 +845,21 @@ async fn exec_step(
                         if ev.is_empty() { String::new() } else { format!("\nevidence:\n{ev}") }
                     ),
                 )
+            }
+        }
+        Action::StackStart { stack, unit } => {
+            if ctx.dry_run {
+                (
+                    StepStatus::Skipped,
+                    format!("--dry-run: would start {unit} (stack {stack})"),
+                )
+            } else {
+                let cmd = t.privileged(&format!(
+                    "systemctl is-active --quiet {u} || systemctl start {u}",
+                    u = sq(unit)
+                ));
+                t.run(id, &cmd).await?;
+                (StepStatus::Ok, format!("{unit} is active"))
             }
         }
         Action::Verify if ctx.dry_run => (

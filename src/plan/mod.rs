@@ -147,6 +147,12 @@ pub enum Action {
     Gate {
         gate: String,
     },
+    /// Start a NixOS stack unit that waits behind a `before` gate (its unit's ConditionPathExists is the gate's
+    /// host marker, written when the gate step passed): `systemctl start` once the switch is done.
+    StackStart {
+        stack: String,
+        unit: String,
+    },
     /// Run `labforge verify` checks against the host.
     Verify,
     /// `talosctl apply-config`: `--insecure` when the node answers only in maintenance mode (first install),
@@ -546,18 +552,6 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
     };
     match h.os {
         Os::Nixos => {
-            for s in &h.stacks {
-                for g in gates_for(s, GateWhen::Before) {
-                    let mut st = step(
-                        "gate",
-                        Some(&g),
-                        Action::Gate { gate: g.clone() },
-                        format!("operator gate `{g}` before stack {s}"),
-                    );
-                    st.requires_gate = Some(g);
-                    steps.push(st);
-                }
-            }
             // Stacks that read secrets get their .env before the switch: /var/lib/labforge/secrets (kept across
             // reboots; service.nix's tmpfiles rule copies it to /run at boot) and /run/secrets (read now).
             for s in &h.stacks {
@@ -591,6 +585,33 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                 "copy the flake, nixos-rebuild switch, confirm on a fresh connection or roll back"
                     .into(),
             ));
+            // A stack behind a `before` gate is installed by the switch but its unit does not start (its
+            // ConditionPathExists is the gate's host marker): the rest of the host deploys; the gate step
+            // writes the marker once signed off, then the stack starts.
+            for s in &h.stacks {
+                let gs = gates_for(s, GateWhen::Before);
+                for g in &gs {
+                    let mut st = step(
+                        "gate",
+                        Some(g),
+                        Action::Gate { gate: g.clone() },
+                        format!("operator gate `{g}` before stack {s}"),
+                    );
+                    st.requires_gate = Some(g.clone());
+                    steps.push(st);
+                }
+                if !gs.is_empty() {
+                    steps.push(step(
+                        "stack-start",
+                        Some(s),
+                        Action::StackStart {
+                            stack: s.clone(),
+                            unit: format!("labforge-stack-{s}.service"),
+                        },
+                        format!("start stack {s}, which waits behind its operator gate on every boot until signed off"),
+                    ));
+                }
+            }
             for s in &h.stacks {
                 for g in gates_for(s, GateWhen::After) {
                     steps.push(step(
@@ -645,7 +666,10 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                     "load the nftables ruleset atomically".into(),
                 ));
             }
-            for s in &h.stacks {
+            // Stacks after the stacks whose networks they join or scrape (the dependency graph).
+            let order = crate::spec::deps::stack_order(h, &crate::spec::deps::edges(spec))
+                .unwrap_or_else(|_| h.stacks.clone());
+            for s in &order {
                 for g in gates_for(s, GateWhen::Before) {
                     let mut st = step(
                         "gate",

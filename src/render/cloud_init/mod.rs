@@ -618,9 +618,15 @@ fn user_data(
             "docker.service".into(),
         ]);
     }
-    // The host's stacks: their committed files (no secrets). Stacks that read no secret start now;
-    // the others start at `labforge deploy`, which writes their .env from the secrets store.
-    for sname in &h.stacks {
+    // The host's stacks: their committed files (no secrets), in dependency order (a stack after the stacks
+    // whose networks it joins or scrapes). A stack starts at first boot only when it reads no secret, waits
+    // behind no `before` operator gate (seed 001: MUST NOT proceed until validation passes) and every stack it
+    // needs starts too; the others start at `labforge deploy` (their .env from the secrets store, the gate
+    // signed off).
+    let edges = crate::spec::deps::edges(spec);
+    let order = crate::spec::deps::stack_order(h, &edges).unwrap_or_else(|_| h.stacks.clone());
+    let mut started: Vec<&str> = Vec::new();
+    for sname in &order {
         let st = spec
             .stacks
             .get(sname)
@@ -647,7 +653,17 @@ fn user_data(
                     .map_err(|_| anyhow!("internal error: non-UTF-8 stack file"))?,
             });
         }
-        if compose::stack_secrets(st).is_empty() {
+        let gated = spec
+            .gates
+            .values()
+            .any(|g| g.stack == *sname && g.when == crate::spec::model::GateWhen::Before);
+        let me = format!("{}/{sname}", h.name);
+        let needs_ok = edges
+            .iter()
+            .filter(|e| e.from == me && e.to.starts_with(&format!("{}/", h.name)))
+            .all(|e| started.contains(&&e.to[h.name.len() + 1..]));
+        if compose::stack_secrets(st).is_empty() && !gated && needs_ok {
+            started.push(sname.as_str());
             runcmd.push(vec![
                 "docker".into(),
                 "compose".into(),

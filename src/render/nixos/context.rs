@@ -472,6 +472,12 @@ pub fn service(spec: &Spec, st: &Stack, hosts: &[String]) -> Result<Value> {
         "enable_text": format!("the {} stack", st.name),
         "requires_mounts": mounts,
         "after_units": after_stacks.iter().map(|s| format!("labforge-stack-{s}.service")).collect::<Vec<_>>(),
+        "gate_markers": spec
+            .gates
+            .values()
+            .filter(|g| g.stack == st.name && g.when == crate::spec::model::GateWhen::Before)
+            .map(|g| (g.id.clone(), crate::gate::host_marker(&g.id)))
+            .collect::<Vec<_>>(),
         "images": images,
         "hosts": hosts,
     }))

@@ -528,3 +528,35 @@ fn golden_monitoring_stack() {
 fn golden_platform_stack() {
     golden_stack("stack-platform", "platform");
 }
+
+/// Pi-hole v6 on a Docker bridge answers only the container's own subnet unless
+/// `FTLCONF_dns_listeningMode` is `ALL` (docs.pi-hole.net, Docker page: "If using Docker's default `bridge`
+/// network setting the dns listening mode should be set to 'ALL'"). Read back through the Compose binary.
+#[test]
+fn pihole_answers_the_lan_not_only_its_bridge_subnet() {
+    let t = rendered_lab();
+    let d = t.path().join("stacks/dns");
+    let secrets = dummy_secrets(&d, t.path());
+    let he = host_envs(&d).into_iter().next().expect("iris's env");
+    let o = compose(&d, &[&he, &secrets], &["config", "--format", "json"]);
+    ok(&o, "config --format json");
+    let model: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        model["services"]["pihole"]["environment"]["FTLCONF_dns_listeningMode"],
+        "ALL"
+    );
+    // Without it, check refuses the spec (SPEC032) with the fix.
+    let lab = common::example_lab();
+    let p = lab.path().join("hosts/stacks/dns.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(", FTLCONF_dns_listeningMode = \"ALL\"", "");
+    std::fs::write(&p, text).unwrap();
+    let o = common::labforge(lab.path(), &["check", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let errs = v["errors"].as_array().unwrap();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0]["rule"], "SPEC032");
+    assert!(errs[0]["help"].as_str().unwrap().contains("\"ALL\""));
+}

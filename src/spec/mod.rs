@@ -4,6 +4,7 @@ pub mod deps;
 pub mod model;
 pub mod raw;
 pub mod rules;
+pub mod services;
 pub mod source;
 pub mod ssh_algos;
 pub mod strings;
@@ -136,6 +137,7 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
     let spec = validate::validate(&merged, &sources, &mut diags);
     if let Some(s) = &spec {
         diags.extend(deps::diagnostics(s));
+        diags.extend(services::diagnostics(s));
     }
     strings::dedupe(&mut diags);
     let diagnostics = Diagnostics::from_list(diags, &sources);

@@ -141,3 +141,51 @@ fn a_stack_starts_at_first_boot_only_after_the_stacks_it_joins() {
     let pos = |s: &str| ups.iter().position(|x| *x == s).unwrap();
     assert!(pos("dns") < pos("joiner"), "{ups:?}");
 }
+
+/// iris serves the lab's resolver from a stack that starts only with deploy: every cloud-init host's first
+/// boot lists the site's bootstrap resolver after it (cloud-init's network-config, read back as YAML).
+#[test]
+fn first_boot_falls_back_to_the_bootstrap_resolver_while_the_lab_resolver_is_a_stack() {
+    let t = example_lab();
+    render(t.path());
+    for host in ["iris", "platform", "prometheus", "forge", "vulcan", "ceres"] {
+        let text = std::fs::read_to_string(
+            t.path()
+                .join(format!("out/cloud-init/{host}/network-config")),
+        )
+        .unwrap();
+        let nc: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let mut found = Vec::new();
+        for kind in ["ethernets", "vlans"] {
+            for (_, i) in nc["network"][kind].as_object().into_iter().flatten() {
+                if let Some(a) = i["nameservers"]["addresses"].as_array() {
+                    found.push(
+                        a.iter()
+                            .map(|x| x.as_str().unwrap().to_string())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+        assert!(
+            found.iter().any(|a| a == &["10.60.0.53", "10.60.0.1"]),
+            "{host}: {found:?}"
+        );
+    }
+    // Without bootstrap resolvers check refuses the spec, naming the stack that serves DNS.
+    let p = t.path().join("hosts/site.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("bootstrap_nameservers = [\"10.60.0.1\"]\n", "");
+    std::fs::write(&p, text).unwrap();
+    let o = labforge(t.path(), &["check", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let errs = v["errors"].as_array().unwrap();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0]["rule"], "SPEC033");
+    assert!(errs[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("stack `dns` on iris"));
+}

@@ -93,6 +93,32 @@ pub fn dns_provider(spec: &Spec, addr: IpAddr) -> Option<(&Host, Option<&str>)> 
     Some((h, stack.map(|s| s.as_str())))
 }
 
+/// The resolvers of `h` that a lab stack serves (host, stack): down until that stack is deployed.
+pub fn stack_served_resolvers(spec: &Spec, h: &Host) -> Vec<(IpAddr, String, String)> {
+    resolvers(spec, h)
+        .into_iter()
+        .filter_map(|r| match dns_provider(spec, r) {
+            Some((p, Some(s))) => Some((r, p.name.clone(), s.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a host is configured with: its resolvers, then — when a lab stack serves one of them — the site's
+/// bootstrap resolvers, which answer the first boot (and whenever the lab resolver is down) because the lab
+/// resolver's stack starts only at `labforge deploy`.
+pub fn configured_resolvers(spec: &Spec, h: &Host) -> Vec<IpAddr> {
+    let mut v = resolvers(spec, h);
+    if !stack_served_resolvers(spec, h).is_empty() {
+        for b in &spec.site.bootstrap_nameservers {
+            if !v.contains(b) {
+                v.push(*b);
+            }
+        }
+    }
+    v
+}
+
 /// Every edge of the lab.
 pub fn edges(spec: &Spec) -> Vec<Edge> {
     let mut v = Vec::new();
@@ -321,6 +347,51 @@ pub fn diagnostics(spec: &Spec) -> Vec<Diagnostic> {
             .at(loc)
             .help("break the cycle: serve the resolver, export or network from a host that does not need the other (e.g. an external resolver in site.nameservers)"),
         );
+    }
+    // A first boot must resolve before any stack is deployed.
+    let needing: Vec<(&Host, Vec<(IpAddr, String, String)>)> = spec
+        .hosts
+        .values()
+        .map(|h| (h, stack_served_resolvers(spec, h)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    if !needing.is_empty() {
+        let (ip, host, stack) = needing[0].1[0].clone();
+        let names: Vec<&str> = needing.iter().map(|(h, _)| h.name.as_str()).collect();
+        let served: Vec<IpAddr> = spec
+            .site
+            .bootstrap_nameservers
+            .iter()
+            .copied()
+            .filter(|b| matches!(dns_provider(spec, *b), Some((_, Some(_)))))
+            .collect();
+        if spec.site.bootstrap_nameservers.is_empty() {
+            d.push(
+                Diagnostic::error(
+                    "SPEC033",
+                    "site.bootstrap_nameservers",
+                    format!(
+                        "the first boot of {} cannot resolve names: their resolver {ip} is stack `{stack}` on {host}, which starts only with `labforge deploy` (packages and images are fetched before that)",
+                        names.join(", ")
+                    ),
+                )
+                .at(spec.site.loc)
+                .help("add site.bootstrap_nameservers = [\"<a resolver that answers before the lab does, e.g. the router>\"]: hosts list it after the lab resolver and fall back to it until that answers"),
+            );
+        } else if !served.is_empty() {
+            d.push(
+                Diagnostic::error(
+                    "SPEC033",
+                    "site.bootstrap_nameservers",
+                    format!(
+                        "bootstrap resolver {} is itself served by a lab stack: it is down at first boot too",
+                        served[0]
+                    ),
+                )
+                .at(spec.site.loc)
+                .help("use a resolver outside the lab's stacks (e.g. the router)"),
+            );
+        }
     }
     for h in spec.hosts.values() {
         if let Err(c) = stack_order(h, &edges) {

@@ -177,6 +177,9 @@ pub struct Site {
     pub timezone: String,
     pub locale: String,
     pub nameservers: Vec<IpAddr>,
+    /// Resolvers that answer before the lab does (e.g. the router): listed after a host's lab resolvers
+    /// whenever those are served by a lab stack, so a first boot resolves before that stack is deployed.
+    pub bootstrap_nameservers: Vec<IpAddr>,
     pub admins: Vec<Admin>,
     pub age_recipients: Vec<String>,
     /// Where `[site]` is defined (renders name their spec files in headers).

@@ -42,6 +42,9 @@ pub struct RawSite {
     pub locale: Option<S<String>>,
     #[serde(default)]
     pub nameservers: Vec<S<String>>,
+    /// Resolvers a host's first boot falls back to while the lab's own resolver (a stack) is not up yet.
+    #[serde(default)]
+    pub bootstrap_nameservers: Vec<S<String>>,
     #[serde(default)]
     pub admins: Vec<S<RawAdmin>>,
     /// Default hardening policy for every host.

@@ -44,6 +44,7 @@ rules! {
     "SPEC030", None, "SSH algorithm lists labforge's own SSH client cannot connect with (lock-out guard)";
     "SPEC031", None, "dependency cycle between hosts or stacks";
     "SPEC032", None, "Pi-hole on a Docker bridge that answers only its own subnet";
+    "SPEC033", None, "a first boot that could not resolve names";
     "S000-SSH-MGMT", Some("000"), "SSH only on the management network";
     "S000-ROOT-LOGIN", Some("000"), "root login disabled, non-root admin with a key required";
     "S000-KEY-AUTH", Some("000"), "SSH key authentication only";

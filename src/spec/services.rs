@@ -19,6 +19,10 @@ fn pihole_listening_mode(spec: &Spec, d: &mut Vec<Diagnostic>) {
                 Some(EnvValue::Literal(v)) => Some(v.as_str()),
                 _ => None,
             };
+            // A value with control characters is already SPEC026 (one mistake, one error).
+            if mode.is_some_and(|m| m.chars().any(char::is_control)) {
+                continue;
+            }
             if mode.map(|m| m.eq_ignore_ascii_case("all")) != Some(true) {
                 d.push(
                     Diagnostic::error(
@@ -29,7 +33,7 @@ fn pihole_listening_mode(spec: &Spec, d: &mut Vec<Diagnostic>) {
                         ),
                         format!(
                             "Pi-hole publishes port 53 from a Docker bridge network but its DNS listening mode is {}: FTL then answers only the container's own subnet, never the LAN clients the port is published for",
-                            mode.map(|m| format!("`{m}`")).unwrap_or_else(|| "the default (LOCAL)".into())
+                            mode.map(|m| format!("`{}`", super::validate::elide(m))).unwrap_or_else(|| "the default (LOCAL)".into())
                         ),
                     )
                     .at(st.loc)

@@ -436,6 +436,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
         timezone: "UTC".into(),
         locale: "C.UTF-8".into(),
         nameservers: vec![],
+        bootstrap_nameservers: vec![],
         admins: vec![],
         age_recipients: vec![],
         loc: m.site.as_ref().and_then(|(f, s)| at(*f, s)),
@@ -489,6 +490,18 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                 Err(_) => c.err(
                     "SPEC011",
                     format!("site.nameservers[{i}]"),
+                    at(f, ns),
+                    format!("`{}` is not an IP address", ns.get_ref()),
+                    "write an IPv4 or IPv6 address",
+                ),
+            }
+        }
+        for (i, ns) in s.bootstrap_nameservers.iter().enumerate() {
+            match IpAddr::from_str(ns.get_ref()) {
+                Ok(a) => site.bootstrap_nameservers.push(a),
+                Err(_) => c.err(
+                    "SPEC011",
+                    format!("site.bootstrap_nameservers[{i}]"),
                     at(f, ns),
                     format!("`{}` is not an IP address", ns.get_ref()),
                     "write an IPv4 or IPv6 address",

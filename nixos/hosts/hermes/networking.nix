@@ -11,7 +11,7 @@
   networking.domain = "lab.home.arpa";
   networking.useDHCP = false;
   networking.useNetworkd = true;
-  networking.nameservers = [ "10.60.0.53" ];
+  networking.nameservers = [ "10.60.0.53" "10.60.0.1" ];
   systemd.network.enable = true;
 
   # eno1: the NIC with MAC b0:4f:13:60:00:50 gets the spec's name.

@@ -11,7 +11,7 @@
   networking.domain = "lab.home.arpa";
   networking.useDHCP = false;
   networking.useNetworkd = true;
-  networking.nameservers = [ "10.60.0.53" ];
+  networking.nameservers = [ "10.60.0.53" "10.60.0.1" ];
   systemd.network.enable = true;
 
   # end0: the NIC with MAC dc:a6:32:99:00:61 gets the spec's name.

@@ -817,6 +817,18 @@ fn network_config(spec: &Spec, h: &Host, sources: &[String]) -> Result<String> {
                         ns.push(s);
                     }
                 }
+                // The lab resolver is a stack that starts only at deploy: the first boot falls back to the
+                // site's bootstrap resolvers (listed last, so the lab resolver is asked first once it is up).
+                if gw_iface.as_deref() == Some(i.name.as_str())
+                    && !crate::spec::deps::stack_served_resolvers(spec, h).is_empty()
+                {
+                    for b in &spec.site.bootstrap_nameservers {
+                        let s = b.to_string();
+                        if !ns.contains(&s) {
+                            ns.push(s);
+                        }
+                    }
+                }
                 if !ns.is_empty() {
                     ni.nameservers = Some(Nameservers {
                         search: vec![spec.site.domain.clone()],

@@ -184,12 +184,20 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
             "vlans": children,
         }));
     }
-    let nameservers: Vec<String> = spec
+    // The site's resolvers, then its bootstrap resolvers when a lab stack serves one (it starts only at deploy).
+    let mut nameservers: Vec<String> = spec
         .site
         .nameservers
         .iter()
         .map(|a| a.to_string())
         .collect();
+    if !crate::spec::deps::stack_served_resolvers(spec, h).is_empty() {
+        for b in &spec.site.bootstrap_nameservers {
+            if !nameservers.contains(&b.to_string()) {
+                nameservers.push(b.to_string());
+            }
+        }
+    }
 
     // ---- ssh ----
     let ssh_ifaces = ssh_interfaces(spec, h);

@@ -386,11 +386,9 @@ fn network_docs(spec: &Spec, c: &Cluster, h: &Host, control_plane: bool) -> Resu
         ("kind", s("HostnameConfig")),
         ("hostname", s(&h.name)),
     ])];
-    let cluster_net = spec.networks.get(&c.network);
-    let nameservers: Vec<IpAddr> = match cluster_net {
-        Some(n) if !n.nameservers.is_empty() => n.nameservers.clone(),
-        _ => spec.site.nameservers.clone(),
-    };
+    // Talos 1.13: machine-config nameservers replace the lower layers, so the bootstrap resolvers are listed
+    // here too (after the lab's) when a lab stack serves the lab resolver.
+    let nameservers: Vec<IpAddr> = crate::spec::deps::configured_resolvers(spec, h);
     if !nameservers.is_empty() {
         docs.push(m(vec![
             ("apiVersion", s("v1alpha1")),

@@ -93,8 +93,11 @@ pub fn dns_provider(spec: &Spec, addr: IpAddr) -> Option<(&Host, Option<&str>)> 
     Some((h, stack.map(|s| s.as_str())))
 }
 
+/// A resolver address, the host serving it and the stack that does.
+pub type Served = (IpAddr, String, String);
+
 /// The resolvers of `h` that a lab stack serves (host, stack): down until that stack is deployed.
-pub fn stack_served_resolvers(spec: &Spec, h: &Host) -> Vec<(IpAddr, String, String)> {
+pub fn stack_served_resolvers(spec: &Spec, h: &Host) -> Vec<Served> {
     resolvers(spec, h)
         .into_iter()
         .filter_map(|r| match dns_provider(spec, r) {
@@ -349,7 +352,7 @@ pub fn diagnostics(spec: &Spec) -> Vec<Diagnostic> {
         );
     }
     // A first boot must resolve before any stack is deployed.
-    let needing: Vec<(&Host, Vec<(IpAddr, String, String)>)> = spec
+    let needing: Vec<(&Host, Vec<Served>)> = spec
         .hosts
         .values()
         .map(|h| (h, stack_served_resolvers(spec, h)))

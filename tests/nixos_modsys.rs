@@ -337,3 +337,100 @@ fn the_declarations_cover_the_option_manifest_and_name_their_source() {
         "options in tests/nixos-options.toml that tests/nixopts/declarations.nix does not declare: {missing:?}"
     );
 }
+
+/// The flake's VM test (nixos/lib/vm-test.nix, check `vm-verify-<host>`) with stub inputs: each node's
+/// configuration through the oracle.
+fn vm_test_nodes(root: &Path) -> Value {
+    let expr = format!(
+        r#"
+let
+  flake = import (/. + {flake});
+  modsys = import ./modsys.nix;
+  genAttrs = names: f: builtins.listToAttrs (map (n: {{ name = n; value = f n; }}) names);
+  lib = {{
+    inherit genAttrs;
+    mapAttrs = builtins.mapAttrs;
+    filterAttrs = pred: set: builtins.listToAttrs (builtins.filter (x: pred x.name x.value) (map (n: {{ name = n; value = set.${{n}}; }}) (builtins.attrNames set)));
+    mapAttrs' = f: set: builtins.listToAttrs (map (n: f n set.${{n}}) (builtins.attrNames set));
+    nameValuePair = name: value: {{ inherit name value; }};
+    optionalAttrs = c: s: if c then s else {{ }};
+    fileset = {{ toSource = a: a; unions = l: l; }};
+    nixosSystem = args: {{ config = {{ }}; }};
+  }};
+  stubPkgs = system: {{
+    rustPlatform.buildRustPackage = a: {{ type = "derivation"; inherit (a) pname; }};
+    runCommand = name: env: script: {{ inherit name; }};
+    writeText = name: text: {{ inherit name; }};
+    mkShell = a: a;
+    testers.runNixOSTest = t: t;
+  }};
+  nixpkgs = {{ inherit lib; legacyPackages = genAttrs [ "x86_64-linux" "aarch64-linux" ] stubPkgs; }};
+  inputs = {STUB_INPUTS} // {{ inherit nixpkgs self; }};
+  self = outputs // {{ outPath = {root}; }};
+  outputs = flake.outputs inputs;
+  checks = outputs.checks.x86_64-linux;
+  vms = builtins.filter (n: builtins.substring 0 10 n == "vm-verify-") (builtins.attrNames checks);
+  node = t: m: let r = modsys {{
+    modules = [ m {{ virtualisation.docker.package = "/stub/docker"; }} ];
+    specialArgs = t.node.specialArgs; oracle = {oracle};
+    pkgNames = [ "htop" "tmux" "curl" "git" "openssh" "netcat-openbsd" ];
+  }}; in {{ inherit (r) errors files; }};
+in builtins.listToAttrs (map (vm: {{ name = vm; value = builtins.mapAttrs (_: node checks.${{vm}}) checks.${{vm}}.nodes; }}) vms)
+"#,
+        flake = nix_str(&root.join("flake.nix").to_string_lossy()),
+        root = nix_str(&root.to_string_lossy()),
+        oracle = oracle(),
+    );
+    nix_eval(&expr).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_vm_tests_nodes_pass_the_typed_module_system_oracle() {
+    let root = common::repo();
+    let v = vm_test_nodes(&root);
+    let vms = v.as_object().unwrap();
+    assert_eq!(vms.keys().collect::<Vec<_>>(), ["vm-verify-atlas"]);
+    for (vm, nodes) in vms {
+        let nodes = nodes.as_object().unwrap();
+        assert_eq!(nodes.keys().collect::<Vec<_>>(), ["target", "verifier"]);
+        for (n, r) in nodes {
+            assert_eq!(
+                r["errors"],
+                serde_json::json!([]),
+                "{vm}.nodes.{n}: the module-system oracle rejects it"
+            );
+        }
+        // The target is the host's own configuration (every module of it loaded and checked).
+        let files = strs(&nodes["target"]["files"]);
+        assert!(
+            files
+                .iter()
+                .any(|f| f.ends_with("nixos/hosts/atlas/ssh.nix")),
+            "{files:?}"
+        );
+    }
+    // And it bites: a test-only override of the wrong type.
+    let t = tempfile::tempdir().unwrap();
+    for f in ["flake.nix", "Cargo.toml"] {
+        std::fs::copy(root.join(f), t.path().join(f)).unwrap();
+    }
+    for d in ["nixos", "services"] {
+        common::copy_dir(&root.join(d), &t.path().join(d));
+    }
+    let vmt = t.path().join("nixos/lib/vm-test.nix");
+    let text = std::fs::read_to_string(&vmt).unwrap();
+    assert!(text.contains("assignIP = false;"));
+    std::fs::write(
+        &vmt,
+        text.replacen("assignIP = false;", "assignIP = \"no\";", 1),
+    )
+    .unwrap();
+    let v = vm_test_nodes(t.path());
+    let errs = strs(&v["vm-verify-atlas"]["target"]["errors"]);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs.iter()
+            .all(|e| e.contains(".assignIP' is not of type `boolean'")),
+        "{errs:#?}"
+    );
+}

@@ -340,4 +340,28 @@ in
 
   # ---- flake.nix: the inline module of lib.nixosSystem
   nixpkgs.hostPlatform = opt "misc/nixpkgs.nix" (t.either t.str t.attrs);
+
+  # ---- nixos/lib/vm-test.nix (the flake's vm-verify check): its nodes' options. The test driver imports
+  # virtualisation/qemu-vm.nix, which declares virtualisation.interfaces.
+  virtualisation.interfaces = opt "virtualisation/qemu-vm.nix" (t.attrsOf (t.submodule {
+    options = {
+      vlan = opt "virtualisation/qemu-vm.nix" t.ints.unsigned;
+      assignIP = bool "virtualisation/qemu-vm.nix";
+    };
+  }));
+  virtualisation.vlans = opt "virtualisation/qemu-vm.nix" (t.listOf t.ints.unsigned);
+  services.openssh.authorizedKeysFiles = opt sshd (t.listOf t.str);
+  # tasks/network-interfaces.nix: interfaces = attrsOf (submodule interfaceOpts); ipv4.addresses =
+  # listOf (submodule (addrOpts 4)) with prefixLength = addCheck int (n: n >= 0 && n <= 32).
+  networking.interfaces = opt "tasks/network-interfaces.nix" (t.attrsOf (t.submodule {
+    options = {
+      useDHCP = opt "tasks/network-interfaces.nix" (t.nullOr t.bool);
+      ipv4.addresses = opt "tasks/network-interfaces.nix" (t.listOf (t.submodule {
+        options = {
+          address = opt "tasks/network-interfaces.nix (addrOpts 4)" t.str;
+          prefixLength = opt "tasks/network-interfaces.nix (addrOpts 4)" (t.ints.between 0 32);
+        };
+      }));
+    };
+  }));
 }

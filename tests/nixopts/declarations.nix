@@ -146,39 +146,106 @@ in
         inherit matchConfig;
         extraConfig = opt netd t.lines;
       };
-      # The fields of each section labforge emits, and their value checks (check.*.section* in networkd.nix):
-      # a subset of nixpkgs' assertOnlyFields lists (those are longer), so a misspelt field fails here as there.
-      linkSectionLink = t.unitSection "Link" {
-        Description = null; Alias = null; MACAddressPolicy = t.enum [ "persistent" "random" "none" ];
-        MACAddress = null; NamePolicy = null; Name = null; AlternativeName = null; MTUBytes = null;
-        WakeOnLan = null;
-      };
-      netdevSection = t.unitSection "NetDev" {
-        Description = null; Name = null; MTUBytes = null; MACAddress = null;
-        Kind = t.enum [ "bond" "bridge" "dummy" "gre" "gretap" "erspan" "ip6gre" "ip6tnl" "ip6gretap" "ipip"
+      # Each section's allowed fields (assertOnlyFields) and value checks (assertValueOneOf, assertRange,
+      # assertInt, assertHasField) as check.{link,netdev,network}.section* declare them in networkd.nix (the
+      # nixfmt-formatted version with the IPv4Forwarding/IPv6Forwarding [Network] checks, see
+      # tests/nixos-options.toml [meta]). Checks of fields labforge never sets (byte formats, MAC syntax)
+      # are left out: those fields take any unit option here.
+      only = names: checks: builtins.listToAttrs (map (n: { name = n; value = checks.${n} or null; }) names);
+      oneOf = l: t.enum l;
+      int = t.int;
+      range = t.ints.between;
+      linkSectionLink = t.unitSection "Link" (only [
+        "Description" "Property" "ImportProperty" "UnsetProperty" "Alias" "MACAddressPolicy" "MACAddress"
+        "NamePolicy" "Name" "AlternativeNamesPolicy" "AlternativeName" "TransmitQueues" "ReceiveQueues"
+        "TransmitQueueLength" "MTUBytes" "BitsPerSecond" "Duplex" "AutoNegotiation" "WakeOnLan"
+        "WakeOnLanPassword" "Port" "Advertise" "ReceiveChecksumOffload" "TransmitChecksumOffload"
+        "TCPSegmentationOffload" "TCP6SegmentationOffload" "GenericSegmentationOffload"
+        "PartialGenericSegmentationOffload" "GenericReceiveOffload" "GenericReceiveOffloadHardware"
+        "LargeReceiveOffload" "ReceivePacketSteeringCPUMask" "ReceiveVLANCTAGHardwareAcceleration"
+        "TransmitVLANCTAGHardwareAcceleration" "ReceiveVLANCTAGFilter" "TransmitVLANSTAGHardwareAcceleration"
+        "NTupleFilter" "ReceiveFCS" "ReceiveAll" "RxChannels" "TxChannels" "OtherChannels" "CombinedChannels"
+        "RxBufferSize" "RxMiniBufferSize" "RxJumboBufferSize" "TxBufferSize" "RxFlowControl" "TxFlowControl"
+        "AutoNegotiationFlowControl" "GenericSegmentOffloadMaxBytes" "GenericSegmentOffloadMaxSegments"
+        "UseAdaptiveRxCoalesce" "UseAdaptiveTxCoalesce" "RxCoalesceSec" "RxCoalesceIrqSec" "RxCoalesceLowSec"
+        "RxCoalesceHighSec" "TxCoalesceSec" "TxCoalesceIrqSec" "TxCoalesceLowSec" "TxCoalesceHighSec"
+        "RxMaxCoalescedFrames" "RxMaxCoalescedIrqFrames" "RxMaxCoalescedLowFrames" "RxMaxCoalescedHighFrames"
+        "TxMaxCoalescedFrames" "TxMaxCoalescedIrqFrames" "TxMaxCoalescedLowFrames" "TxMaxCoalescedHighFrames"
+        "CoalescePacketRateLow" "CoalescePacketRateHigh" "CoalescePacketRateSampleIntervalSec"
+        "StatisticsBlockCoalesceSec" "MDI" "SR-IOVVirtualFunctions" "ScatterGather" "ScatterGatherFragmentList"
+        "TCPECNSegmentationOffload" "TCPMangleIdSegmentationOffload" "GenericReceiveOffloadList"
+        "GenericReceiveOffloadUDPForwarding"
+      ] {
+        MACAddressPolicy = oneOf [ "persistent" "random" "none" ];
+        Duplex = oneOf [ "half" "full" ];
+        AutoNegotiation = oneOf boolValues;
+        Port = oneOf [ "tp" "aui" "bnc" "mii" "fibre" ];
+      });
+      netdevSection = t.unitSectionRequiring "Netdev" [ "Name" "Kind" ] (only [
+        "Description" "Name" "Kind" "MTUBytes" "MACAddress"
+      ] {
+        Kind = oneOf [ "bond" "bridge" "dummy" "gre" "gretap" "erspan" "ip6gre" "ip6tnl" "ip6gretap" "ipip"
           "ipvlan" "ipvtap" "macvlan" "macvtap" "sit" "tap" "tun" "veth" "vlan" "vti" "vti6" "vxlan" "geneve" "hsr"
           "l2tp" "macsec" "vrf" "vcan" "vxcan" "wireguard" "nlmon" "fou" "xfrm" "ifb" "bareudp" "batadv" "ipoib" "wlan" ];
-      };
-      # check.netdev.sectionVLAN: assertInt "Id", assertRange "Id" 0 4094 (and the other VLAN fields).
-      vlanSection = t.unitSection "VLAN" {
-        Id = t.ints.between 0 4094; GVRP = t.enum boolValues; MVRP = t.enum boolValues;
-        LooseBinding = t.enum boolValues; ReorderHeader = t.enum boolValues; Protocol = t.enum [ "802.1q" "802.1ad" ];
-      };
-      networkSection = t.unitSection "Network" {
-        Description = null; Address = null; Gateway = null; DNS = null; Domains = null; VLAN = null;
-        DHCP = t.enum (boolValues ++ [ "ipv4" "ipv6" ]);
-        IPv6AcceptRA = t.enum boolValues;
-        LinkLocalAddressing = t.enum (boolValues ++ [ "ipv4" "ipv6" "fallback" "ipv4-fallback" ]);
-        IPv4Forwarding = t.enum boolValues; IPv6Forwarding = t.enum boolValues;
-        ConfigureWithoutCarrier = t.enum boolValues;
-      };
-      # check.network.sectionLink
-      networkSectionLink = t.unitSection "Link" {
-        MACAddress = null; MTUBytes = null; ARP = t.enum boolValues; Unmanaged = t.enum boolValues;
-        RequiredForOnline = t.enum (boolValues ++ [ "missing" "off" "no-carrier" "dormant" "degraded-carrier"
-          "carrier" "degraded" "enslaved" "routable" ]);
-        ActivationPolicy = t.enum [ "up" "always-up" "manual" "always-down" "down" "bound" ];
-      };
+      });
+      # assertInt "Id", assertRange "Id" 0 4094
+      vlanSection = t.unitSection "VLAN" (only [
+        "Id" "Protocol" "GVRP" "MVRP" "LooseBinding" "ReorderHeader" "EgressQOSMaps" "IngressQOSMaps"
+      ] {
+        Id = range 0 4094;
+        Protocol = oneOf [ "802.1q" "802.1ad" ];
+        GVRP = oneOf boolValues; MVRP = oneOf boolValues;
+        LooseBinding = oneOf boolValues; ReorderHeader = oneOf boolValues;
+      });
+      networkSection = t.unitSection "Network" (only [
+        "Description" "DHCP" "DHCPServer" "LinkLocalAddressing" "IPv6LinkLocalAddressGenerationMode"
+        "IPv6StableSecretAddress" "IPv4LLStartAddress" "IPv4LLRoute" "DefaultRouteOnDevice" "LLMNR"
+        "MulticastDNS" "DNSOverTLS" "DNSSEC" "DNSSECNegativeTrustAnchors" "LLDP" "EmitLLDP" "BindCarrier"
+        "Address" "Gateway" "DNS" "UseDomains" "Domains" "DNSDefaultRoute" "NTP" "IPForward" "IPv4Forwarding"
+        "IPv6Forwarding" "IPMasquerade" "IPv6PrivacyExtensions" "IPv6AcceptRA" "IPv6DuplicateAddressDetection"
+        "IPv6HopLimit" "IPv6RetransmissionTimeSec" "IPv4DuplicateAddressDetectionTimeoutSec"
+        "IPv4ReversePathFilter" "MulticastIGMPVersion" "IPv4AcceptLocal" "IPv4RouteLocalnet" "IPv4ProxyARP"
+        "IPv4ProxyARPPrivateVLAN" "IPv6ProxyNDP" "IPv6ProxyNDPAddress" "IPv6SendRA" "DHCPPrefixDelegation"
+        "IPv6MTUBytes" "MPLSRouting" "KeepMaster" "BatmanAdvanced" "Bridge" "Bond" "VRF" "IPoIB" "IPVLAN"
+        "IPVTAP" "MACsec" "MACVLAN" "MACVTAP" "Tunnel" "VLAN" "VXLAN" "Xfrm" "ActiveSlave" "PrimarySlave"
+        "ConfigureWithoutCarrier" "IgnoreCarrierLoss" "KeepConfiguration"
+      ] {
+        DHCP = oneOf (boolValues ++ [ "ipv4" "ipv6" ]);
+        DHCPServer = oneOf boolValues;
+        LinkLocalAddressing = oneOf (boolValues ++ [ "ipv4" "ipv6" ]);
+        LLMNR = oneOf (boolValues ++ [ "resolve" ]);
+        MulticastDNS = oneOf (boolValues ++ [ "resolve" ]);
+        DNSOverTLS = oneOf (boolValues ++ [ "opportunistic" ]);
+        DNSSEC = oneOf (boolValues ++ [ "allow-downgrade" ]);
+        LLDP = oneOf (boolValues ++ [ "routers-only" ]);
+        UseDomains = oneOf (boolValues ++ [ "route" ]);
+        DNSDefaultRoute = oneOf boolValues;
+        IPv4Forwarding = oneOf boolValues;
+        IPv6Forwarding = oneOf boolValues;
+        IPMasquerade = oneOf (boolValues ++ [ "ipv4" "ipv6" "both" ]);
+        IPv6PrivacyExtensions = oneOf (boolValues ++ [ "prefer-public" "kernel" ]);
+        IPv6AcceptRA = oneOf boolValues;
+        IPv6HopLimit = int;
+        IPv6SendRA = oneOf boolValues;
+        ConfigureWithoutCarrier = oneOf boolValues;
+        KeepConfiguration = oneOf (boolValues ++ [ "static" "dynamic-on-stop" "dynamic" ]);
+      });
+      # RequiredForOnline: boolValues, an operational state, or a range "min:max" of them.
+      operationalStates = [ "missing" "off" "no-carrier" "dormant" "degraded-carrier" "carrier" "degraded" "enslaved" "routable" ];
+      nStates = builtins.length operationalStates;
+      stateRanges = builtins.concatLists (builtins.genList (i: builtins.genList (k:
+        "${builtins.elemAt operationalStates i}:${builtins.elemAt operationalStates (i + k)}") (nStates - i)) nStates);
+      networkSectionLink = t.unitSection "Link" (only [
+        "MACAddress" "MTUBytes" "ARP" "Multicast" "AllMulticast" "Promiscuous" "Unmanaged" "Group"
+        "RequiredForOnline" "RequiredFamilyForOnline" "ActivationPolicy"
+      ] {
+        ARP = oneOf boolValues; Multicast = oneOf boolValues; AllMulticast = oneOf boolValues;
+        Promiscuous = oneOf boolValues; Unmanaged = oneOf boolValues;
+        Group = range 0 2147483647;
+        RequiredForOnline = oneOf (boolValues ++ operationalStates ++ stateRanges);
+        RequiredFamilyForOnline = oneOf [ "ipv4" "ipv6" "both" "any" ];
+        ActivationPolicy = oneOf [ "up" "always-up" "manual" "always-down" "down" "bound" ];
+      });
     in
     {
       enable = bool netd;

@@ -113,19 +113,25 @@ let
       verify = path: v: verifyOptions path (m.options or { }) (m.freeformType or null) v;
     };
 
-    # nixos/lib/systemd-unit-options.nix: a unit option is an atom or a list of them.
+    # nixos/lib/systemd-unit-options.nix: `unitOption = mkOptionType { name = "systemd option"; merge = …; }`
+    # has no check of its own; the unit-file writer (systemd-lib.nix attrsToSection) then turns each value
+    # into text with toString, which fails at evaluation for anything but an atom or a list of atoms. That
+    # failure is checked here, as a type.
     unitOption =
       let atom = v: isBool v || isInt v || isFloat v || isStringLike v || isDerivationLike v; in
       leaf "systemd option" (v: atom v || (isList v && builtins.all atom v));
     # A systemd/networkd section: `addCheck (attrsOf unitOption) (checkUnitConfig "Section" [ (assertOnlyFields
     # [ … ]) (assertValueOneOf … ) … ])` in nixpkgs. `fields` maps each allowed field to null (any unit
     # option) or a type its value must have (assertValueOneOf → enum, assertRange → ints.between …).
-    unitSection = section: fields: { inherit fields; } // addCheck (attrsOf unitOption) "[${section}] section" (path: v:
+    unitSection = section: fields: unitSectionRequiring section [ ] fields;
+    # … with assertHasField for `required` (only checked on a section that is defined at all).
+    unitSectionRequiring = section: required: fields: { inherit fields; } // addCheck (attrsOf unitOption) "[${section}] section" (path: v:
       concatMap (n:
         if !(fields ? ${n}) then [ "The option definition `${showPath (path ++ [ n ])}' has an unknown field: systemd's [${section}] section does not have ${n} (nixpkgs: assertOnlyFields)." ]
         else if fields.${n} == null then [ ]
         else fields.${n}.verify (path ++ [ n ]) v.${n}
-      ) (attrNames v));
+      ) (attrNames v)
+      ++ concatMap (n: if v ? ${n} then [ ] else [ "The option definition `${showPath path}' lacks the field ${n} systemd's [${section}] section needs (nixpkgs: assertHasField)." ]) required);
     # A section whose other fields are free (checkService: assertValueOneOf on some fields, no assertOnlyFields).
     unitSectionOpen = section: fields: { inherit fields; } // addCheck (attrsOf unitOption) "[${section}] section" (path: v:
       concatMap (n: if fields ? ${n} then fields.${n}.verify (path ++ [ n ]) v.${n} else [ ]) (attrNames v));

@@ -23,6 +23,10 @@ let
   boolValues = [ true false "yes" "no" ];
   netd = "system/boot/networkd.nix";
   sshd = "services/networking/ssh/sshd.nix";
+  # system/boot/kernel.nix (the version with mkRemovedOptionModule [ "boot" "vesa" ]): a list of module
+  # names is coerced into an attrset of bools (genAttrs enabledList (_: true)).
+  attrNamesToTrue = t.coercedTo (t.listOf t.str)
+    (l: builtins.listToAttrs (map (n: { name = n; value = true; }) l)) (t.attrsOf t.bool);
   units = "lib/systemd-unit-options.nix";
 in
 {
@@ -48,7 +52,8 @@ in
   # ---- hardware.nix
   sdImage = {
     compressImage = bool "installer/sd-card/sd-image.nix";
-    populateFirmwareCommands = opt "installer/sd-card/sd-image.nix" t.lines;
+    # declared without a type (unspecified)
+    populateFirmwareCommands = opt "installer/sd-card/sd-image.nix" t.unspecified;
   };
   hardware = {
     enableAllHardware = bool "profiles/all-hardware.nix";
@@ -59,8 +64,16 @@ in
     deviceTree.filter = opt "hardware/device-tree.nix" (t.nullOr t.str);
     # nixos-hardware raspberry-pi/common/firmware.nix (uboot.enable: mkEnableOption) and config-txt.nix.
     raspberry-pi.firmware.uboot.enable = bool "nixos-hardware raspberry-pi/common/firmware.nix";
-    raspberry-pi.configtxt.settings = opt "nixos-hardware raspberry-pi/common/config-txt.nix"
-      (t.attrsOf (t.attrsOf (t.oneOf [ t.bool t.int t.str ])));
+    # config-txt.nix: attrsOf molecule, molecule = oneOf [ atom (listOf atom) (attrsOf molecule) ],
+    # atom = nullOr (oneOf [ str int bool ]) (recursive: checked by one function here).
+    raspberry-pi.configtxt.settings =
+      let
+        atom = v: v == null || builtins.isString v || builtins.isInt v || builtins.isBool v;
+        molecule = v: atom v || (builtins.isList v && builtins.all atom v)
+          || (builtins.isAttrs v && builtins.all (n: molecule v.${n}) (builtins.attrNames v));
+      in
+      opt "nixos-hardware raspberry-pi/common/config-txt.nix"
+        (t.attrsOf (t.mkOptionType { name = "config.txt setting type"; check = molecule; }));
   };
   boot = {
     loader.grub.enable = bool "system/boot/loader/grub/grub.nix";
@@ -70,8 +83,9 @@ in
     loader.systemd-boot.editor = bool "system/boot/loader/systemd-boot/systemd-boot.nix";
     loader.efi.canTouchEfiVariables = bool "system/boot/loader/efi.nix";
     growPartition = bool "system/boot/grow-partition.nix";
-    initrd.availableKernelModules = opt "system/boot/kernel.nix" (t.listOf t.str);
-    kernelModules = opt "system/boot/kernel.nix" (t.listOf t.str);
+    initrd.availableKernelModules = opt "system/boot/kernel.nix (attrNamesToTrue)" attrNamesToTrue;
+    initrd.kernelModules = opt "system/boot/kernel.nix (attrNamesToTrue)" attrNamesToTrue;
+    kernelModules = opt "system/boot/kernel.nix (attrNamesToTrue)" attrNamesToTrue;
     kernelPackages = opt "system/boot/kernel.nix" t.raw;
     # tasks/filesystems.nix: coercedTo (listOf str) (enabled: listToAttrs (map (fs: nameValuePair fs true) enabled)) (attrsOf bool)
     supportedFilesystems = opt "tasks/filesystems.nix" (t.coercedTo (t.listOf t.str)

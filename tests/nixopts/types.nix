@@ -39,6 +39,8 @@ let
   isOption = d: isAttrs d && (d._type or null) == "option";
 
   types = rec {
+    # lib.types.mkOptionType { name; check; } (for a type nixpkgs builds itself, e.g. a recursive one).
+    mkOptionType = { name, check ? (_: true), ... }: leaf name check;
     bool = leaf "boolean" isBool;
     int = leaf "signed integer" isInt;
     float = leaf "floating point number" isFloat;

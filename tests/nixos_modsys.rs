@@ -447,3 +447,28 @@ fn the_vm_tests_nodes_pass_the_typed_module_system_oracle() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn a_mount_without_options_renders_a_file_system_nixos_accepts() {
+    // Defect: a `[[mounts]]` entry without `options` (the spec's default is none) was rendered as
+    // `options = [ ];`, and nixpkgs declares fileSystems.<name>.options as nonEmptyListOf nonEmptyStr.
+    let t = common::example_lab();
+    let p = t.path().join("hosts/hermes.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let line = "options = [\"nfsvers=4.2\", \"hard\"]\n";
+    assert!(text.contains(line), "hosts/hermes.toml lacks {line:?}");
+    std::fs::write(&p, text.replacen(line, "", 1)).unwrap();
+    render_lab(t.path());
+    let r = check_host(t.path(), "hermes");
+    assert_eq!(
+        strs(&r["errors"]),
+        Vec::<String>::new(),
+        "the module-system oracle rejects hermes's storage.nix:\n{}",
+        std::fs::read_to_string(t.path().join("nixos/hosts/hermes/storage.nix")).unwrap()
+    );
+    let storage = std::fs::read_to_string(t.path().join("nixos/hosts/hermes/storage.nix")).unwrap();
+    assert!(
+        storage.contains("fileSystems.\"/srv/appdata\""),
+        "{storage}"
+    );
+}

@@ -45,17 +45,46 @@ const STUB_INPUTS: &str = r#"{ nixos-hardware.nixosModules = {
     raspberry-pi-5 = { _external = "nixos-hardware:raspberry-pi-5"; };
   }; }"#;
 
-/// The final configuration of `host` as rendered under `root` (plus the docker package NixOS would provide).
+/// The typed module-system oracle's declarations (tests/nixopts/declarations.nix, types.nix), as a Nix path.
+/// A golden tree (tests/golden/*/out) holds the NixOS backend's files only: the compose side the stack
+/// template's assertions look for (docker-compose.yml, hosts/<host>.env) is not in it.
+fn check_assertions(root: &Path) -> &'static str {
+    if root.starts_with(common::repo().join("tests/golden")) {
+        "false"
+    } else {
+        "true"
+    }
+}
+
+fn oracle() -> String {
+    format!(
+        "(/. + {})",
+        nix_str(&common::repo().join("tests/nixopts").to_string_lossy())
+    )
+}
+
+/// The final configuration of `host` as rendered under `root` (plus the docker package NixOS would provide),
+/// type-checked by the module-system oracle (every option declared, every value of its option's type,
+/// every assertion holding): any error fails the calling test.
 fn eval_host(root: &Path, host: &str, pkgs: &[&str]) -> Value {
     let t = tempfile::tempdir().unwrap();
     let pkg_list: Vec<String> = pkgs.iter().map(|p| nix_str(p)).collect();
     let host_path = nix_str(&root.join("nixos/hosts").join(host).to_string_lossy());
     let expr = format!(
-        "import ./modsys.nix {{ modules = [ (/. + {}) {{ virtualisation.docker.package = \"/stub/docker\"; }} ]; specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = [ {} ]; }}",
+        "import ./modsys.nix {{ modules = [ (/. + {}) {{ virtualisation.docker.package = \"/stub/docker\"; }} ]; specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = [ {} ]; oracle = {}; checkAssertions = {}; }}",
         host_path,
-        pkg_list.join(" ")
+        pkg_list.join(" "),
+        oracle(),
+        check_assertions(root)
     );
-    nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("evaluating {host}:\n{e}\n{expr}"))
+    let v = nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("evaluating {host}:\n{e}\n{expr}"));
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([]),
+        "{host} under {}: the module-system oracle rejects it",
+        root.display()
+    );
+    v
 }
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -565,7 +594,7 @@ let
     nameValuePair = name: value: {{ inherit name value; }};
     optionalAttrs = c: s: if c then s else {{ }};
     fileset = {{ toSource = a: a; unions = l: l; }};
-    nixosSystem = args: {{ config = (modsys {{ inherit (args) modules specialArgs; pkgNames = [ "htop" "tmux" "curl" "git" ]; }}).config; }};
+    nixosSystem = args: let r = modsys {{ modules = args.modules ++ [ {{ virtualisation.docker.package = "/stub/docker"; }} ]; inherit (args) specialArgs; pkgNames = [ "htop" "tmux" "curl" "git" ]; oracle = {oracle}; }}; in {{ inherit (r) config errors; }};
   }};
   stubPkgs = system: {{
     rustPlatform.buildRustPackage = a: a // {{ type = "derivation"; }};
@@ -587,6 +616,7 @@ in {{
   inputUrls = builtins.mapAttrs (_: i: i.url) flake.inputs;
   platforms = builtins.mapAttrs (_: c: c.config.nixpkgs.hostPlatform) outputs.nixosConfigurations;
   hostNames = builtins.mapAttrs (_: c: c.config.networking.hostName) outputs.nixosConfigurations;
+  typeErrors = builtins.mapAttrs (_: c: c.errors) outputs.nixosConfigurations;
   packages = names outputs.packages;
   checks = names outputs.checks;
   devShells = names outputs.devShells;
@@ -600,7 +630,8 @@ in {{
   vmNodes = builtins.attrNames outputs.checks.x86_64-linux.${{vm}}.nodes;
 }}
 "#,
-        root = nix_str(&root.join("flake.nix").to_string_lossy())
+        root = nix_str(&root.join("flake.nix").to_string_lossy()),
+        oracle = oracle(),
     );
     let v = nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v["outputsIsFunction"], true);
@@ -622,6 +653,11 @@ in {{
     assert_eq!(
         v["platforms"],
         serde_json::json!({ "atlas": "x86_64-linux", "hermes": "x86_64-linux", "hestia": "aarch64-linux" })
+    );
+    // Every host with the flake's own inline module (nixpkgs.hostPlatform) passes the typed oracle.
+    assert_eq!(
+        v["typeErrors"],
+        serde_json::json!({ "atlas": [], "hermes": [], "hestia": [] })
     );
     assert_eq!(
         v["hostNames"],

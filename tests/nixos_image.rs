@@ -49,8 +49,28 @@ fn nix_eval(dir: &Path, expr: &str) -> Result<Value, String> {
     Ok(serde_json::from_slice(&o.stdout).expect("nix-instantiate printed JSON"))
 }
 
+/// The typed module-system oracle's declarations (tests/nixopts/declarations.nix, types.nix), as a Nix path.
+/// A golden tree (tests/golden/*/out) holds the NixOS backend's files only: the compose side the stack
+/// template's assertions look for (docker-compose.yml, hosts/<host>.env) is not in it.
+fn check_assertions(root: &Path) -> &'static str {
+    if root.starts_with(common::repo().join("tests/golden")) {
+        "false"
+    } else {
+        "true"
+    }
+}
+
+fn oracle() -> String {
+    format!(
+        "(/. + {})",
+        nix_str(&common::repo().join("tests/nixopts").to_string_lossy())
+    )
+}
+
 /// `{ config; external; }` of a host under `root`, with `extra` modules (Nix expressions) and, when `copies`,
-/// the upstream modules' definitions evaluated instead of only recorded.
+/// the upstream modules' definitions evaluated instead of only recorded. The configuration (image-module
+/// copies included) is type-checked against the oracle's declarations: a type error or an undeclared option
+/// is an `Err`, like an evaluation error.
 fn eval(root: &Path, host: &str, extra: &str, copies: bool) -> Result<Value, String> {
     let t = tempfile::tempdir().unwrap();
     let host_path = nix_str(&root.join("nixos/hosts").join(host).to_string_lossy());
@@ -61,9 +81,18 @@ fn eval(root: &Path, host: &str, extra: &str, copies: bool) -> Result<Value, Str
     };
     let expr = format!(
         "import ./modsys.nix {{ modules = [ (/. + {host_path}) {{ virtualisation.docker.package = \"/stub/docker\"; }} {extra} ]; \
-         specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = {PKGS}; copies = {copies}; }}"
+         specialArgs = {{ inputs = {STUB_INPUTS}; }}; pkgNames = {PKGS}; copies = {copies}; oracle = {}; checkAssertions = {}; }}",
+        oracle(),
+        check_assertions(root)
     );
-    nix_eval(t.path(), &expr)
+    let v = nix_eval(t.path(), &expr)?;
+    match v["errors"].as_array() {
+        Some(e) if e.is_empty() => Ok(v),
+        _ => Err(format!(
+            "{host}: the module-system oracle rejects:\n{}",
+            v["errors"]
+        )),
+    }
 }
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -351,7 +380,8 @@ let
     optionalAttrs = c: s: if c then s else {{ }};
     fileset = {{ toSource = a: a; unions = l: l; }};
     nixosSystem = args: {{
-      config = (modsys {{ modules = args.modules ++ [ {{ virtualisation.docker.package = "/stub/docker"; }} ]; inherit (args) specialArgs; pkgNames = {PKGS}; }}).config;
+      config = let r = modsys {{ modules = args.modules ++ [ {{ virtualisation.docker.package = "/stub/docker"; }} ]; inherit (args) specialArgs; pkgNames = {PKGS}; oracle = {oracle}; }}; in
+        if r.errors == [ ] then r.config else throw (builtins.concatStringsSep "\n" r.errors);
       pkgs = "the host's pkgs";
     }};
   }};
@@ -367,6 +397,7 @@ in builtins.listToAttrs (map (n: {{ name = n; value = {{
 "#,
         flake = nix_str(&flake_root.join("flake.nix").to_string_lossy()),
         stub = nix_str(&stub.to_string_lossy()),
+        oracle = oracle(),
     );
     nix_eval(t.path(), &expr).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -7,19 +7,28 @@
 # `attrsOptions` are options of type attrsOf (submodule) whose priorities NixOS resolves on the whole option
 # (filterOverrides over the option's definitions) before merging attributes: `fileSystems = mkForce { … }`
 # replaces every other module's file systems, as in NixOS; below them, attributes merge as usual.
-{ modules, specialArgs ? { }, pkgNames ? [ ], copies ? { }, attrsOptions ? [ [ "fileSystems" ] ] }:
+# `oracle` (the path of tests/nixopts) turns on the typed check: the option declarations of
+# tests/nixopts/declarations.nix (copies of nixpkgs' types, tests/nixopts/types.nix) plus those the modules
+# declare themselves (`options.…`), against which the merged configuration is checked as NixOS's
+# lib.evalModules does — an undeclared option "does not exist", a value not of its option's type is an
+# error — and the `assertions` are evaluated (unless `checkAssertions = false`: a golden tree holds the NixOS
+# backend's files only, not the compose side the stack assertions look for). All of it lands in `errors`.
+{ modules, specialArgs ? { }, pkgNames ? [ ], copies ? { }, attrsOptions ? [ [ "fileSystems" ] ], oracle ? null, checkAssertions ? true }:
 let
   inherit (builtins) isAttrs isList isFunction isPath isString attrNames concatMap filter foldl' head all any listToAttrs;
   hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
   modulesPath = "/stub/nixpkgs/nixos/modules";
-  lib = {
+  libBase = {
     mkIf = condition: content: { _type = "if"; inherit condition content; };
     mkDefault = content: { _type = "override"; priority = 1000; inherit content; };
     mkForce = content: { _type = "override"; priority = 50; inherit content; };
-    mkEnableOption = name: { _type = "option"; default = false; description = "Whether to enable ${name}."; };
+    mkEnableOption = name: { _type = "option"; default = false; description = "Whether to enable ${name}."; }
+      // (if typed != null then { type = typed.types.bool; } else { });
     concatStringsSep = builtins.concatStringsSep;
     concatLines = ls: builtins.concatStringsSep "" (map (l: l + "\n") ls);
   };
+  typed = if oracle == null then null else import (oracle + "/types.nix");
+  lib = libBase // (if typed != null then { inherit (typed) types mkOption; } else { });
   pkgs = listToAttrs (map (n: { name = n; value = "/stub/pkgs/${n}"; }) pkgNames);
   args = { inherit config lib pkgs modulesPath; } // specialArgs;
 
@@ -30,12 +39,14 @@ let
     else if isString m && hasPrefix modulesPath m then withCopy m
     else
       let
+        file = if isPath m || isString m then [ (toString m) ] else [ ];
         f = if isPath m || isString m then import m else m;
         v = if isFunction f then f args else f;
         subs = map load (v.imports or [ ]);
         structured = v ? config || v ? options;
         own = if structured then v.config or { } else removeAttrs v [ "imports" ];
       in {
+        files = file ++ concatMap (s: s.files or [ ]) subs;
         external = concatMap (s: s.external) subs;
         defs = [ own ] ++ concatMap (s: s.defs) subs;
         opts = (if v ? options then [ v.options ] else [ ]) ++ concatMap (s: s.opts) subs;
@@ -44,7 +55,8 @@ let
   loaded = map load modules;
   external = concatMap (l: l.external) loaded;
   optionDefaults = o:
-    if (o._type or null) == "option" then { _type = "override"; priority = 1500; content = o.default; }
+    if (o._type or null) == "option" then
+      (if o ? default then { _type = "override"; priority = 1500; content = o.default; } else { _type = "if"; condition = false; content = null; })
     else builtins.mapAttrs (_: optionDefaults) o;
   defs = concatMap (l: l.defs) loaded ++ map optionDefaults (concatMap (l: l.opts) loaded);
 
@@ -100,5 +112,15 @@ let
       listToAttrs (map (n: { name = n; value = clean v.${n}; }) (filter (n: !(isAttrs v.${n} && v.${n} ? _absent)) (attrNames v)))
     else if isList v then map clean v
     else v;
+
+  # The typed check (see `oracle` above).
+  isOption = d: isAttrs d && (d._type or null) == "option";
+  mergeDecls = a: b: a // builtins.mapAttrs (n: v: if a ? ${n} && !(isOption v) && !(isOption a.${n}) then mergeDecls a.${n} v else v) b;
+  declarations =
+    foldl' mergeDecls (import (oracle + "/declarations.nix") { inherit (typed) types mkOption; }) (concatMap (l: l.opts) loaded);
+  final = clean config;
+  failedAssertions = if !checkAssertions then [ ] else
+    map (a: "Failed assertion: ${a.message}") (filter (a: !a.assertion) (final.assertions or [ ]));
+  errors = if oracle == null then [ ] else typed.verifyOptions [ ] declarations null final ++ failedAssertions;
 in
-{ config = clean config; inherit external; }
+{ config = final; inherit external errors; files = concatMap (l: l.files or [ ]) loaded; }

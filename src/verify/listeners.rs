@@ -12,7 +12,8 @@ pub const PROBE: &str = r#"d=$(for f in tcp tcp6 udp udp6; do echo "== $f"; cat 
 printf '%s\n' "$d"
 L=$(printf '%s\n' "$d" | awk '$1=="=="{t=$2; next} $1=="sl"{next} (t ~ /^tcp/ && $4=="0A") || (t ~ /^udp/ && $4=="07") {printf " %s", $10}')
 echo "== owners"
-find /proc/[0-9]*/fd -lname 'socket:*' -printf '%h %l\n' 2>/dev/null | awk -v L="$L " '{i=$2; gsub(/[^0-9]/,"",i); if (i != "" && index(L, " " i " ")) {split($1,a,"/"); print a[3], i}}' | sort -u | while read -r p i; do printf '%s %s ' "$p" "$i"; od -An -v -tx1 "/proc/$p/comm" 2>/dev/null | tr -d ' \n'; echo; done"#;
+me=$(readlink /proc/self/ns/net | sed 's/[][*?\\]/\\&/g')
+find /proc/[0-9]*/ns/net -maxdepth 0 -lname "$me" -printf '%h\n' 2>/dev/null | sed 's|/ns$|/fd|' | xargs -r sh -c 'find "$@" -lname "socket:*" -printf "%h %l\n" 2>/dev/null' sh | awk -v L="$L " '{i=$2; gsub(/[^0-9]/,"",i); if (i != "" && index(L, " " i " ")) {split($1,a,"/"); print a[3], i}}' | sort -u | while read -r p i; do printf '%s %s ' "$p" "$i"; od -An -v -tx1 "/proc/$p/comm" 2>/dev/null | tr -d ' \n'; echo; done"#;
 
 /// The tool the probe needs besides the shell and coreutils.
 pub const TOOL: &str = "find";

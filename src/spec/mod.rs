@@ -1,5 +1,6 @@
 //! The spec: loading `hosts/*.toml`, merging the files, and validating into [`model::Spec`].
 
+pub(crate) mod convert;
 pub mod model;
 pub mod raw;
 pub mod rules;
@@ -34,6 +35,8 @@ pub struct Merged {
     pub clusters: BTreeMap<String, Def<raw::RawCluster>>,
     pub secrets: BTreeMap<String, Def<raw::RawSecret>>,
     pub gates: BTreeMap<String, Def<raw::RawGate>>,
+    /// Field paths whose value was missing or failed to convert (already reported; see [`convert`]).
+    pub broken: convert::Broken,
 }
 
 /// The outcome of loading: the model if there were no errors, and every diagnostic either way.
@@ -116,12 +119,22 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         let id = sources.add(path, display, text);
         let text = &sources.files[id].text;
         strings::check_file(id, text, &mut diags);
-        match toml::from_str::<RawFile>(text) {
-            Ok(file) => merge_file(&mut merged, id, file, &mut diags, &sources),
+        match toml::de::DeTable::parse(text) {
+            Ok(root) => {
+                let mut cx = convert::Cx {
+                    file: id,
+                    text,
+                    diags: &mut diags,
+                    broken: &mut merged.broken,
+                };
+                let file: RawFile = convert::file(&mut cx, root);
+                merge_file(&mut merged, id, file, &mut diags, &sources);
+            }
             Err(e) => diags.push(parse_error(id, text, &e)),
         }
     }
     if merged.site.is_none()
+        && !merged.broken.covers("site")
         && !diags
             .iter()
             .any(|d| d.rule == "SPEC001" || d.rule == "SPEC002" || d.rule == "SPEC003")
@@ -131,7 +144,15 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
                 .help("add a [site] table with name, domain, timezone and admins (see README: spec reference)"),
         );
     }
-    let spec = validate::validate(&merged, &sources, &mut diags);
+    // Validation sees stand-ins for broken values: whatever it says at or below a broken path is a
+    // follow-on error of a mistake already reported.
+    let mut checked = Vec::new();
+    let spec = validate::validate(&merged, &sources, &mut checked);
+    diags.extend(
+        checked
+            .into_iter()
+            .filter(|d| d.path.is_empty() || !merged.broken.covers(&d.path)),
+    );
     strings::dedupe(&mut diags);
     let diagnostics = Diagnostics::from_list(diags, &sources);
     let spec = if diagnostics.has_errors() { None } else { spec };
@@ -231,56 +252,21 @@ fn merge_file(
     put_table("gates", &mut m.gates, file, f.gates, diags, &where_);
 }
 
-/// Turn a TOML/serde error into a located diagnostic with the field path and a fix.
+/// Turn a TOML syntax error (the document does not parse) into a located diagnostic with a fix. Type and
+/// key errors never get here: [`convert`] reports those field by field.
 fn parse_error(file: FileId, text: &str, e: &toml::de::Error) -> Diagnostic {
     let msg = e.message().trim().to_string();
     let span = e.span().unwrap_or(0..0);
     let path = field_path_at(text, span.start);
-    let (rule, help) = if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let key = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = msg
-            .split("expected ")
-            .nth(1)
-            .map(|s| {
-                s.split(['`', ','])
-                    .map(str::trim)
-                    .filter(|w| !w.is_empty() && *w != "one of" && *w != "or" && *w != "one of ")
-                    .collect()
-            })
-            .unwrap_or_default();
-        let expected: Vec<&str> = expected
-            .into_iter()
-            .filter(|w| !w.starts_with("one of") && !w.starts_with("or ") && *w != "or")
-            .collect();
-        let help = match closest(key, &expected) {
-            Some(s) => format!("did you mean `{s}`? unknown keys are errors in the spec"),
-            None if !expected.is_empty() => {
-                format!("remove it; allowed keys here: {}", expected.join(", "))
-            }
-            None => "remove it; unknown keys are errors in the spec".to_string(),
-        };
-        ("SPEC002", help)
-    } else if msg.starts_with("invalid type")
-        || msg.starts_with("invalid value")
-        || msg.starts_with("unknown variant")
-        || msg.starts_with("invalid length")
-    {
-        (
-            "SPEC003",
-            "use the type shown in the README spec reference for this field".to_string(),
-        )
-    } else if let Some(rest) = msg.strip_prefix("missing field `") {
-        let key = rest.split('`').next().unwrap_or("");
-        ("SPEC005", format!("add `{key} = …` to this table"))
-    } else if msg.contains("duplicate key") {
+    let (rule, help) = if msg.contains("duplicate key") {
         (
             "SPEC004",
-            "a key may appear once per table; remove or rename the repeated one".to_string(),
+            "a key may appear once per table; remove or rename the repeated one",
         )
     } else {
         (
             "SPEC001",
-            "fix the TOML syntax at this position (see https://toml.io)".to_string(),
+            "fix the TOML syntax at this position (see https://toml.io)",
         )
     };
     let mut d = Diagnostic::error(rule, path, msg).help(help);

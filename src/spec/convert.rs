@@ -96,8 +96,16 @@ impl Cx<'_> {
                 format!("quote it: {key}\"{}\"", self.shown(v))
             }
             (Want::Str, _) => format!("write a string in double quotes: {key}\"…\""),
-            (Want::Int, DeValue::Float(_)) => {
-                format!("write a whole number without a decimal point, e.g. {key}22")
+            (Want::Int, DeValue::Float(f)) => {
+                let whole = f
+                    .as_str()
+                    .replace('_', "")
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && x.abs() < 1e15)
+                    .map(|x| x.trunc() as i64)
+                    .unwrap_or(1);
+                format!("write a whole number without a decimal point, e.g. {key}{whole}")
             }
             (Want::Int, DeValue::String(s)) if s.trim().parse::<i64>().is_ok() => {
                 format!("drop the quotes: {key}{}", s.trim())

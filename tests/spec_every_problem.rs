@@ -188,6 +188,9 @@ const CASES: &[(&str, &[Want])] = &[
         "missing-required-key",
         &[("SPEC005", "networks.mgmt.vlan", "[networks.mgmt]")],
     ),
+    ("renamed-host-header", &[("SPEC005", "hosts.pi1", "pi1")]),
+    ("no-site-header", &[("SPEC005", "site", "site")]),
+    ("wrong-type-site", &[("SPEC003", "site", "\"lab\"")]),
     (
         "wrong-type-ssh-keys",
         &[("SPEC003", "site.admins[0].ssh_keys", "\"ssh-ed25519")],

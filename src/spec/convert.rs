@@ -22,6 +22,9 @@ use toml::Spanned;
 #[derive(Debug, Default, Clone)]
 pub struct Broken {
     paths: BTreeSet<String>,
+    /// Tables never written themselves, only named by their sub-tables' headers (`[hosts.x.interfaces.eth0]`
+    /// without `[hosts.x]`): usually a renamed or mistyped header.
+    pub headless: BTreeMap<String, (FileId, Range<usize>)>,
 }
 
 impl Broken {
@@ -118,6 +121,9 @@ impl Cx<'_> {
             (Want::List(inner), DeValue::String(_)) if **inner == Want::Str => {
                 format!("wrap it in a list: {key}[{}]", self.shown(v))
             }
+            (Want::List(inner), DeValue::Table(_)) if **inner == Want::Table => {
+                format!("put the table in a list: {key}[{{ … }}], or write it as [[{path}]]")
+            }
             (Want::List(_), _) => format!("write a list in brackets: {key}[ … ]"),
             (Want::Table, _) if key.is_empty() => {
                 "write a table in braces: { key = … }".to_string()
@@ -173,18 +179,45 @@ impl Cx<'_> {
         }
     }
 
-    /// One field of a table: converted, or absent, or (required and missing/broken) a stand-in.
+    /// True when the table `v` is never written itself, only named by its sub-tables' headers; recorded.
+    pub fn headless(&mut self, path: &str, v: &Spanned<DeValue>, t: &DeTable) -> bool {
+        let span = v.span();
+        let written = span.is_empty()
+            || matches!(self.text.get(span.clone()), Some(s) if s.starts_with('[') || s.starts_with('{'))
+            || t.iter().any(|(_, e)| match e.get_ref() {
+                DeValue::Table(_) => false,
+                DeValue::Array(a) => !a.iter().all(|x| x.get_ref().is_table()),
+                _ => true,
+            });
+        if !written {
+            self.broken
+                .headless
+                .insert(path.to_string(), (self.file, span));
+        }
+        !written
+    }
+
+    /// One field of a table: converted, or absent, or (required and missing/broken) a stand-in. A missing
+    /// required key is reported, or only collected in `quiet` (for a headless table: one error names it).
     pub fn field<T: FromToml>(
         &mut self,
         path: &str,
         t: &DeTable,
         key: &str,
         table_span: &Range<usize>,
+        quiet: &mut Option<Vec<String>>,
     ) -> T {
         let p = join(path, key);
         match t.iter().find(|(k, _)| k.get_ref().as_ref() == key) {
             None => match T::absent() {
                 Some(v) => v,
+                None if quiet.is_some() => {
+                    if let Some(q) = quiet.as_mut() {
+                        q.push(key.to_string());
+                    }
+                    self.broken.mark(&p);
+                    T::stand_in(table_span.clone())
+                }
                 None => {
                     let table = if path.is_empty() {
                         "the file".to_string()
@@ -211,6 +244,23 @@ impl Cx<'_> {
                 }
             },
         }
+    }
+
+    /// One error for a headless table that needs keys of its own (instead of one per missing key).
+    pub fn never_written(&mut self, path: &str, span: &Range<usize>, missing: &[String]) {
+        self.diags.push(
+            Diagnostic::error(
+                "SPEC005",
+                path,
+                format!("there is no [{path}] table, only tables below it"),
+            )
+            .at(self.loc(span.clone()))
+            .help(format!(
+                "add [{path}] with {} — or, if it was renamed, rename the tables below it too",
+                missing.join(", ")
+            )),
+        );
+        self.broken.mark(path);
     }
 
     /// The table inside `v`, or a wrong-type diagnostic.
@@ -533,9 +583,14 @@ macro_rules! spec_table {
                 let t = cx.table(path, v)?;
                 cx.unknown_keys(path, t, KEYS);
                 let span = v.span();
-                Some($name {
-                    $( $f: cx.field::<$t>(path, t, stringify!($f), &span) ),*
-                })
+                let mut quiet = cx.headless(path, v, t).then(Vec::new);
+                let out = $name {
+                    $( $f: cx.field::<$t>(path, t, stringify!($f), &span, &mut quiet) ),*
+                };
+                if let Some(missing) = quiet.filter(|m| !m.is_empty()) {
+                    cx.never_written(path, &span, &missing);
+                }
+                Some(out)
             }
             fn stand_in(span: ::std::ops::Range<usize>) -> Self {
                 $name {

@@ -133,6 +133,7 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
             Err(e) => diags.push(parse_error(id, text, &e)),
         }
     }
+    headless_hosts(&mut merged, &mut diags);
     if merged.site.is_none()
         && !merged.broken.covers("site")
         && !diags
@@ -250,6 +251,58 @@ fn merge_file(
     );
     put_table("secrets", &mut m.secrets, file, f.secrets, diags, &where_);
     put_table("gates", &mut m.gates, file, f.gates, diags, &where_);
+}
+
+/// A host only named by its sub-tables' headers (`[hosts.pi1.interfaces.eth0]` without `[hosts.pi1]`, most
+/// often after renaming the host's header) gets one error, not one per setting it lacks.
+fn headless_hosts(m: &mut Merged, diags: &mut Vec<Diagnostic>) {
+    let explicit: Vec<String> = m
+        .hosts
+        .iter()
+        .filter(|(n, _)| !m.broken.headless.contains_key(&format!("hosts.{n}")))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for (name, d) in &m.hosts {
+        let p = format!("hosts.{name}");
+        if m.broken.headless.get(&p) != Some(&(d.file, d.value.span())) {
+            continue;
+        }
+        let names: Vec<&str> = explicit.iter().map(|s| s.as_str()).collect();
+        let renamed = match closest(name, &names) {
+            Some(n) => format!("; if it is [hosts.{n}], rename these tables to [hosts.{n}.…]"),
+            None => String::new(),
+        };
+        diags.push(
+            Diagnostic::error(
+                "SPEC005",
+                &p,
+                format!("there is no [hosts.{name}] table, only tables below it"),
+            )
+            .at(Some(Loc::new(d.file, d.value.span())))
+            .help(format!(
+                "add [hosts.{name}] with os, arch, board and role{renamed}"
+            )),
+        );
+    }
+    let mut marks: Vec<String> = Vec::new();
+    for (n, d) in &m.hosts {
+        if m.broken.headless.get(&format!("hosts.{n}")) != Some(&(d.file, d.value.span())) {
+            continue;
+        }
+        marks.push(format!("hosts.{n}"));
+        // The renamed header's host lacks what stayed below the old name: that is this same mistake.
+        let names: Vec<&str> = explicit.iter().map(|s| s.as_str()).collect();
+        if let Some(other) = closest(n, &names).and_then(|o| m.hosts.get(o).map(|od| (o, od))) {
+            let (o, od) = other;
+            if od.value.get_ref().interfaces.is_empty() && !d.value.get_ref().interfaces.is_empty()
+            {
+                marks.push(format!("hosts.{o}.interfaces"));
+            }
+        }
+    }
+    for p in marks {
+        m.broken.mark(&p);
+    }
 }
 
 /// Turn a TOML syntax error (the document does not parse) into a located diagnostic with a fix. Type and

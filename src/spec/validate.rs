@@ -1779,6 +1779,7 @@ fn host_pass1(
         }
     }
     if h.interfaces.is_empty() {
+        c.unsure_interfaces.insert(name.to_string());
         c.err(
             "SPEC005",
             format!("{p}.interfaces"),
@@ -2683,7 +2684,9 @@ fn seed_rules(
                     "set permit_root_login = \"no\"; administer through the non-root admin",
                 );
             }
-            if h.admins.is_empty() {
+            // (Not when the site's admins failed to read: that error is already reported.)
+            let admins_known = !c.broken.covers("site.admins") && !c.broken.under("site.admins");
+            if h.admins.is_empty() && admins_known {
                 c.find(
                     "S000-ROOT-LOGIN",
                     &[name],

@@ -70,7 +70,7 @@ impl Cx<'_> {
     /// The source text of a value, shortened for a message.
     fn shown(&self, v: &Spanned<DeValue>) -> String {
         let raw = self.text.get(v.span()).unwrap_or("").trim();
-        elide(&raw.replace(['\n', '\r', '\t'], " "))
+        printable(&elide(&raw.replace(['\n', '\r', '\t'], " ")))
     }
 
     /// Report a value of the wrong kind.
@@ -167,9 +167,9 @@ impl Cx<'_> {
                 None => format!("remove it; allowed keys here: {}", keys.join(", ")),
             };
             let what = if path.is_empty() {
-                format!("unknown table `{}`", elide(name))
+                format!("unknown table `{}`", printable(&elide(name)))
             } else {
-                format!("unknown key `{}`", elide(name))
+                format!("unknown key `{}`", printable(&elide(name)))
             };
             self.diags.push(
                 Diagnostic::error("SPEC002", p, what)
@@ -277,6 +277,19 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// Control characters shown as escapes: a message never carries them to the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `a.b` + `c` → `a.b.c`.
@@ -607,4 +620,75 @@ pub(crate) use spec_table;
 pub fn file<T: FromToml>(cx: &mut Cx, root: Spanned<DeTable>) -> T {
     let whole = Spanned::new(0..0, DeValue::Table(root.into_inner()));
     T::from_toml(cx, "", &whole).unwrap_or_else(|| T::stand_in(0..0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_covers_the_value_and_what_is_inside_it_only() {
+        let mut b = Broken::default();
+        b.mark("hosts.a.exports[1]");
+        assert!(b.covers("hosts.a.exports[1]"));
+        assert!(b.covers("hosts.a.exports[1].path"));
+        assert!(!b.covers("hosts.a.exports[10]"));
+        assert!(!b.covers("hosts.a.exports"));
+        assert!(!b.covers("hosts.a"));
+        assert!(b.under("hosts.a.exports"));
+        assert!(b.under("hosts.a"));
+        assert!(!b.under("hosts.ab"));
+        assert!(!b.under("hosts.a.mounts"));
+    }
+
+    fn load(text: &str) -> Vec<(String, String, usize, usize)> {
+        let l = crate::spec::load_bytes([(Path::new("s.toml"), text.as_bytes())]);
+        l.diagnostics
+            .errors
+            .iter()
+            .map(|d| {
+                (
+                    d.rule.to_string(),
+                    d.path.clone(),
+                    d.line.unwrap_or(0),
+                    d.column.unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+    use std::path::Path;
+
+    #[test]
+    fn a_wrong_type_is_one_error_at_the_value_and_its_siblings_still_convert() {
+        let e = load("[site]\nname = 5\ndomain = 7\ntimezone = \"UTC\"\nbogus = 1\n");
+        let paths: Vec<&str> = e.iter().map(|x| x.1.as_str()).collect();
+        // name and domain: one each, at the value; bogus: unknown; the missing admins finding stands.
+        assert!(
+            e.contains(&("SPEC003".into(), "site.name".into(), 2, 8)),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&("SPEC003".into(), "site.domain".into(), 3, 10)),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&("SPEC002".into(), "site.bogus".into(), 5, 1)),
+            "{e:?}"
+        );
+        assert_eq!(
+            paths.iter().filter(|p| p.starts_with("site.name")).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn wanted_kinds_use_operator_words() {
+        assert_eq!(<Vec<String>>::want().describe(), "a list of strings");
+        assert_eq!(<Option<i64>>::want().describe(), "an integer");
+        assert_eq!(bool::want().describe(), "true or false");
+        assert_eq!(
+            <BTreeMap<Spanned<String>, Spanned<String>>>::want().describe(),
+            "a table"
+        );
+    }
 }

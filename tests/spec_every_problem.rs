@@ -368,3 +368,147 @@ fn regression_one_unknown_key_does_not_hide_the_next() {
     let help = v["errors"][1]["help"].as_str().unwrap();
     assert!(help.contains("login_grace_time"), "{help}");
 }
+
+/// The kinds of wrong value tried for a `key = value` line.
+fn wrong_values(v: &str) -> &'static [&'static str] {
+    let v = v.trim();
+    if v.starts_with('"') {
+        &["5", "2024-01-01", "true", "[\"a\"]"]
+    } else if v == "true" || v == "false" {
+        &["\"yes\"", "1"]
+    } else if v.starts_with('[') && v.ends_with(']') {
+        &["\"x\"", "7"]
+    } else if v.starts_with('{') {
+        &["\"x\"", "[1]"]
+    } else if v.parse::<i64>().is_ok() {
+        &["\"5\"", "5.5"]
+    } else {
+        &[]
+    }
+}
+
+/// Load `files` (name, text) in-process; each error as `line:col [rule] path: message` with its file.
+fn load(files: &[(String, String)]) -> Vec<(String, usize, String)> {
+    let loaded = labforge::spec::load_bytes(
+        files
+            .iter()
+            .map(|(n, t)| (Path::new(n.as_str()), t.as_bytes())),
+    );
+    loaded
+        .diagnostics
+        .errors
+        .iter()
+        .map(|e| {
+            (
+                e.file.clone().unwrap_or_default(),
+                e.line.unwrap_or(0),
+                format!(
+                    "{}:{}:{} [{}] {}: {}",
+                    e.file.as_deref().unwrap_or(""),
+                    e.line.unwrap_or(0),
+                    e.column.unwrap_or(0),
+                    e.rule,
+                    e.path,
+                    e.message
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Every `key = value` line of `files`, given a value of the wrong kind, and every table given an unknown
+/// key, gives exactly one error, on that line — whatever the field (a property over a whole spec).
+fn one_error_per_mutation(files: &[(String, String)]) -> (usize, Vec<String>) {
+    assert!(
+        load(files).is_empty(),
+        "the spec must be valid: {:?}",
+        load(files)
+    );
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (fi, (name, text)) in files.iter().enumerate() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let mut edits: Vec<String> = Vec::new();
+            if let Some((k, v)) = l.split_once(" = ") {
+                if !k.starts_with('#') && !k.contains('.') && !k.starts_with(' ') {
+                    edits.extend(wrong_values(v).iter().map(|w| format!("{k} = {w}")));
+                }
+            }
+            let t = l.trim();
+            // (Talos patches are free-form tables, checked against the Talos schema by their own rule.)
+            if t.starts_with('[') && t.ends_with(']') && !t.contains(".patches") {
+                edits.push(format!("{l}\nzz_unknown = 1"));
+            }
+            for edit in edits {
+                tried += 1;
+                let mut t: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+                t[i] = edit.clone();
+                let mut fs = files.to_vec();
+                fs[fi].1 = t.join("\n") + "\n";
+                let want_line = if edit.contains("zz_unknown") {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                let errs = load(&fs);
+                if errs.len() != 1 || errs[0].1 != want_line || errs[0].0 != *name {
+                    failures.push(format!(
+                        "{name}:{} `{}`: {}",
+                        i + 1,
+                        edit.replace('\n', "⏎"),
+                        errs.iter()
+                            .map(|e| e.2.clone())
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    ));
+                }
+            }
+        }
+    }
+    (tried, failures)
+}
+
+#[test]
+fn any_value_of_the_wrong_kind_anywhere_is_exactly_one_error_on_its_line() {
+    let base = std::fs::read_to_string(common::repo().join("tests/base-spec.toml")).unwrap();
+    let (tried, failures) = one_error_per_mutation(&[("site.toml".to_string(), base)]);
+    assert!(tried > 100, "only {tried} mutations");
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} mutations:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn any_value_of_the_wrong_kind_anywhere_in_the_example_lab_is_exactly_one_error_on_its_line() {
+    let lab = common::example_lab();
+    let mut files = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&lab.path().join("hosts"), &mut paths);
+    paths.sort();
+    for p in paths {
+        let rel = p.strip_prefix(lab.path()).unwrap().display().to_string();
+        files.push((rel, std::fs::read_to_string(&p).unwrap()));
+    }
+    let (tried, failures) = one_error_per_mutation(&files);
+    assert!(tried > 300, "only {tried} mutations");
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} mutations:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -888,6 +888,8 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
             &mut mac_owner,
         ) {
             hosts.insert(name.clone(), h);
+        } else {
+            c.invalid.insert(("host", name.clone()));
         }
     }
 
@@ -1374,6 +1376,17 @@ fn host_pass1(
     }
     let role = h.role.as_ref().map(|r| r.get_ref().as_str());
     let ls = layers(m, site_defaults, role, &h.tags);
+    // A layered field is unknown (not missing) when the host's role or tags, or the field in one of its
+    // layers, failed to read: that error is already reported.
+    let broken = c.broken;
+    let unsure = |field: &str| {
+        broken.under(&format!("{p}.tags"))
+            || broken.covers(&format!("{p}.role"))
+            || ls
+                .iter()
+                .any(|(_, lp, _)| broken.covers(&format!("{lp}.{field}")))
+    };
+    let (unsure_os, unsure_arch, unsure_board) = (unsure("os"), unsure("arch"), unsure("board"));
 
     // Scalar from the highest layer that sets it (host last), with its location.
     macro_rules! pick {
@@ -1391,6 +1404,7 @@ fn host_pass1(
         }};
     }
     let os = match pick!(os) {
+        None if unsure_os => None,
         None => {
             c.err(
                 "SPEC005",
@@ -1413,6 +1427,7 @@ fn host_pass1(
         }),
     };
     let arch = match pick!(arch) {
+        None if unsure_arch => None,
         None => {
             c.err(
                 "SPEC005",
@@ -1436,6 +1451,7 @@ fn host_pass1(
     };
     let board_v = pick!(board);
     let board = match board_v {
+        None if unsure_board => None,
         None => {
             c.err(
                 "SPEC005",
@@ -2345,7 +2361,10 @@ fn stack(
                 );
             }
             for (j, a) in pr.allow_from.iter().enumerate() {
-                if !networks.contains_key(a.get_ref()) && !raw_hosts.contains_key(a.get_ref()) {
+                if !networks.contains_key(a.get_ref())
+                    && !raw_hosts.contains_key(a.get_ref())
+                    && !c.invalid.contains(&("network", a.get_ref().clone()))
+                {
                     dangling(
                         c,
                         format!("{pp}.allow_from[{j}]"),
@@ -2454,7 +2473,7 @@ fn stack(
                     target: target.into(),
                     read_only: ro,
                 });
-            } else {
+            } else if !c.broken.under(&format!("{p}.volumes")) {
                 dangling(c, vp, at(f, v), "volume of this stack", src, volumes.iter());
             }
         }

@@ -1,5 +1,6 @@
 //! The spec: loading `hosts/*.toml`, merging the files, and validating into [`model::Spec`].
 
+pub(crate) mod convert;
 pub mod deps;
 pub mod model;
 pub mod raw;
@@ -37,6 +38,8 @@ pub struct Merged {
     pub clusters: BTreeMap<String, Def<raw::RawCluster>>,
     pub secrets: BTreeMap<String, Def<raw::RawSecret>>,
     pub gates: BTreeMap<String, Def<raw::RawGate>>,
+    /// Field paths whose value was missing or failed to convert (already reported; see [`convert`]).
+    pub broken: convert::Broken,
 }
 
 /// The outcome of loading: the model if there were no errors, and every diagnostic either way.
@@ -119,12 +122,23 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
         let id = sources.add(path, display, text);
         let text = &sources.files[id].text;
         strings::check_file(id, text, &mut diags);
-        match toml::from_str::<RawFile>(text) {
-            Ok(file) => merge_file(&mut merged, id, file, &mut diags, &sources),
+        match toml::de::DeTable::parse(text) {
+            Ok(root) => {
+                let mut cx = convert::Cx {
+                    file: id,
+                    text,
+                    diags: &mut diags,
+                    broken: &mut merged.broken,
+                };
+                let file: RawFile = convert::file(&mut cx, root);
+                merge_file(&mut merged, id, file, &mut diags, &sources);
+            }
             Err(e) => diags.push(parse_error(id, text, &e)),
         }
     }
+    headless_hosts(&mut merged, &mut diags);
     if merged.site.is_none()
+        && !merged.broken.covers("site")
         && !diags
             .iter()
             .any(|d| d.rule == "SPEC001" || d.rule == "SPEC002" || d.rule == "SPEC003")
@@ -134,10 +148,23 @@ pub fn load_bytes<'a>(inputs: impl IntoIterator<Item = (&'a Path, &'a [u8])>) ->
                 .help("add a [site] table with name, domain, timezone and admins (see README: spec reference)"),
         );
     }
-    let spec = validate::validate(&merged, &sources, &mut diags);
+    // Validation sees stand-ins for broken values: whatever it says at or below a broken path is a
+    // follow-on error of a mistake already reported.
+    let mut checked = Vec::new();
+    let spec = validate::validate(&merged, &sources, &mut checked);
+    diags.extend(
+        checked
+            .into_iter()
+            .filter(|d| d.path.is_empty() || !merged.broken.covers(&d.path)),
+    );
     if let Some(s) = &spec {
-        diags.extend(deps::diagnostics(s));
-        diags.extend(services::diagnostics(s));
+        // The same rule for the rules over the validated model: silent at or below a broken path.
+        diags.extend(
+            deps::diagnostics(s)
+                .into_iter()
+                .chain(services::diagnostics(s))
+                .filter(|d| d.path.is_empty() || !merged.broken.covers(&d.path)),
+        );
     }
     strings::dedupe(&mut diags);
     let diagnostics = Diagnostics::from_list(diags, &sources);
@@ -238,56 +265,73 @@ fn merge_file(
     put_table("gates", &mut m.gates, file, f.gates, diags, &where_);
 }
 
-/// Turn a TOML/serde error into a located diagnostic with the field path and a fix.
+/// A host only named by its sub-tables' headers (`[hosts.pi1.interfaces.eth0]` without `[hosts.pi1]`, most
+/// often after renaming the host's header) gets one error, not one per setting it lacks.
+fn headless_hosts(m: &mut Merged, diags: &mut Vec<Diagnostic>) {
+    let explicit: Vec<String> = m
+        .hosts
+        .iter()
+        .filter(|(n, _)| !m.broken.headless.contains_key(&format!("hosts.{n}")))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for (name, d) in &m.hosts {
+        let p = format!("hosts.{name}");
+        if m.broken.headless.get(&p) != Some(&(d.file, d.value.span())) {
+            continue;
+        }
+        let names: Vec<&str> = explicit.iter().map(|s| s.as_str()).collect();
+        let renamed = match closest(name, &names) {
+            Some(n) => format!("; if it is [hosts.{n}], rename these tables to [hosts.{n}.…]"),
+            None => String::new(),
+        };
+        diags.push(
+            Diagnostic::error(
+                "SPEC005",
+                &p,
+                format!("there is no [hosts.{name}] table, only tables below it"),
+            )
+            .at(Some(Loc::new(d.file, d.value.span())))
+            .help(format!(
+                "add [hosts.{name}] with os, arch, board and role{renamed}"
+            )),
+        );
+    }
+    let mut marks: Vec<String> = Vec::new();
+    for (n, d) in &m.hosts {
+        if m.broken.headless.get(&format!("hosts.{n}")) != Some(&(d.file, d.value.span())) {
+            continue;
+        }
+        marks.push(format!("hosts.{n}"));
+        // The renamed header's host lacks what stayed below the old name: that is this same mistake.
+        let names: Vec<&str> = explicit.iter().map(|s| s.as_str()).collect();
+        if let Some(other) = closest(n, &names).and_then(|o| m.hosts.get(o).map(|od| (o, od))) {
+            let (o, od) = other;
+            if od.value.get_ref().interfaces.is_empty() && !d.value.get_ref().interfaces.is_empty()
+            {
+                marks.push(format!("hosts.{o}.interfaces"));
+            }
+        }
+    }
+    for p in marks {
+        m.broken.mark(&p);
+    }
+}
+
+/// Turn a TOML syntax error (the document does not parse) into a located diagnostic with a fix. Type and
+/// key errors never get here: [`convert`] reports those field by field.
 fn parse_error(file: FileId, text: &str, e: &toml::de::Error) -> Diagnostic {
     let msg = e.message().trim().to_string();
     let span = e.span().unwrap_or(0..0);
     let path = field_path_at(text, span.start);
-    let (rule, help) = if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let key = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = msg
-            .split("expected ")
-            .nth(1)
-            .map(|s| {
-                s.split(['`', ','])
-                    .map(str::trim)
-                    .filter(|w| !w.is_empty() && *w != "one of" && *w != "or" && *w != "one of ")
-                    .collect()
-            })
-            .unwrap_or_default();
-        let expected: Vec<&str> = expected
-            .into_iter()
-            .filter(|w| !w.starts_with("one of") && !w.starts_with("or ") && *w != "or")
-            .collect();
-        let help = match closest(key, &expected) {
-            Some(s) => format!("did you mean `{s}`? unknown keys are errors in the spec"),
-            None if !expected.is_empty() => {
-                format!("remove it; allowed keys here: {}", expected.join(", "))
-            }
-            None => "remove it; unknown keys are errors in the spec".to_string(),
-        };
-        ("SPEC002", help)
-    } else if msg.starts_with("invalid type")
-        || msg.starts_with("invalid value")
-        || msg.starts_with("unknown variant")
-        || msg.starts_with("invalid length")
-    {
-        (
-            "SPEC003",
-            "use the type shown in the README spec reference for this field".to_string(),
-        )
-    } else if let Some(rest) = msg.strip_prefix("missing field `") {
-        let key = rest.split('`').next().unwrap_or("");
-        ("SPEC005", format!("add `{key} = …` to this table"))
-    } else if msg.contains("duplicate key") {
+    let (rule, help) = if msg.contains("duplicate key") {
         (
             "SPEC004",
-            "a key may appear once per table; remove or rename the repeated one".to_string(),
+            "a key may appear once per table; remove or rename the repeated one",
         )
     } else {
         (
             "SPEC001",
-            "fix the TOML syntax at this position (see https://toml.io)".to_string(),
+            "fix the TOML syntax at this position (see https://toml.io)",
         )
     };
     let mut d = Diagnostic::error(rule, path, msg).help(help);

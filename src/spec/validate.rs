@@ -28,6 +28,16 @@ struct Finding {
 struct Ctx<'a> {
     diags: &'a mut Vec<Diagnostic>,
     findings: Vec<Finding>,
+    /// Definitions that exist but failed validation, as (kind, name): they are reported once, where they are
+    /// defined; a reference to one is not dangling.
+    invalid: BTreeSet<(&'static str, String)>,
+    /// Hosts whose interfaces are incomplete because of an error already reported (unknown network, bad
+    /// address, a broken field): checks that need every interface stay silent about them.
+    unsure_interfaces: BTreeSet<String>,
+    /// Hosts with a mount or export that failed validation: checks that need all of them stay silent.
+    unsure_storage: BTreeSet<String>,
+    /// Field paths that failed to convert (already reported).
+    broken: &'a super::convert::Broken,
 }
 
 impl Ctx<'_> {
@@ -420,6 +430,10 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
     let mut c = Ctx {
         diags,
         findings: Vec::new(),
+        invalid: BTreeSet::new(),
+        unsure_interfaces: BTreeSet::new(),
+        unsure_storage: BTreeSet::new(),
+        broken: &m.broken,
     };
     scan_secret_values(&mut c, sources);
 
@@ -736,6 +750,9 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                 ),
             }
         }
+        if cidr.is_none() || role.is_none() {
+            c.invalid.insert(("network", name.clone()));
+        }
         if let (Some(cidr), Some(role)) = (cidr, role) {
             networks.insert(
                 name.clone(),
@@ -752,18 +769,27 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
             );
         }
     }
+    // One diagnostic per overlapping network, naming every network it overlaps.
     let nets: Vec<&Network> = networks.values().collect();
-    for (i, a) in nets.iter().enumerate() {
-        for b in &nets[i + 1..] {
-            if a.cidr.contains(&b.cidr.network()) || b.cidr.contains(&a.cidr.network()) {
-                c.err(
-                    "SPEC015",
-                    format!("networks.{}.cidr", b.name),
-                    b.cidr_loc,
-                    format!("{} overlaps network `{}` ({})", b.cidr, a.name, a.cidr),
-                    "give each VLAN its own, non-overlapping subnet",
-                );
-            }
+    for (i, b) in nets.iter().enumerate() {
+        let over: Vec<String> = nets[..i]
+            .iter()
+            .filter(|a| a.cidr.contains(&b.cidr.network()) || b.cidr.contains(&a.cidr.network()))
+            .map(|a| format!("`{}` ({})", a.name, a.cidr))
+            .collect();
+        if !over.is_empty() {
+            c.err(
+                "SPEC015",
+                format!("networks.{}.cidr", b.name),
+                b.cidr_loc,
+                format!(
+                    "{} overlaps network{} {}",
+                    b.cidr,
+                    if over.len() > 1 { "s" } else { "" },
+                    over.join(", ")
+                ),
+                "give each VLAN its own, non-overlapping subnet",
+            );
         }
     }
 
@@ -813,7 +839,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                     format!("unknown generator `{}`", g.get_ref()),
                     "use password, token, base64-32 or hex-32",
                 );
-            } else if source != Some(SecretSource::Store) {
+            } else if source.is_some() && source != Some(SecretSource::Store) {
                 c.err(
                     "SPEC024",
                     format!("{p}.generate"),
@@ -822,6 +848,9 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                     "set source = \"store\" or drop `generate`",
                 );
             }
+        }
+        if source.is_none() {
+            c.invalid.insert(("secret", name.clone()));
         }
         if let Some(source) = source {
             secrets.insert(
@@ -856,6 +885,8 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
             &mut mac_owner,
         ) {
             hosts.insert(name.clone(), h);
+        } else {
+            c.invalid.insert(("host", name.clone()));
         }
     }
 
@@ -1018,10 +1049,12 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
                                 "a node belongs to one cluster",
                             );
                         } else {
-                            if !h
-                                .interfaces
-                                .iter()
-                                .any(|i| i.network == *cl.network.get_ref())
+                            if net.is_some()
+                                && !c.unsure_interfaces.contains(hn)
+                                && !h
+                                    .interfaces
+                                    .iter()
+                                    .any(|i| i.network == *cl.network.get_ref())
                             {
                                 c.err(
                                     "SPEC016",
@@ -1088,9 +1121,15 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
             );
         }
     }
+    // A cluster node list with a broken entry cannot say who is not a node.
+    let members_known = !m.clusters.keys().any(|k| {
+        m.broken.under(&format!("clusters.{k}.control_planes"))
+            || m.broken.under(&format!("clusters.{k}.workers"))
+    });
     for (name, h) in &hosts {
-        if h.os == Os::Talos && h.cluster.is_none() && !m.clusters.is_empty()
-            || h.os == Os::Talos && m.clusters.is_empty()
+        if (h.os == Os::Talos && h.cluster.is_none() && !m.clusters.is_empty()
+            || h.os == Os::Talos && m.clusters.is_empty())
+            && members_known
         {
             c.err(
                 "SPEC016",
@@ -1253,6 +1292,9 @@ fn dangling<'k>(
     name: &str,
     known: impl Iterator<Item = &'k String>,
 ) {
+    if c.invalid.iter().any(|(k, n)| *k == what && n == name) {
+        return; // defined, and its own error is already reported where it is defined
+    }
     let known: Vec<&str> = known.map(|s| s.as_str()).collect();
     let help = match super::closest(name, &known) {
         Some(s) => format!("did you mean `{s}`?"),
@@ -1331,6 +1373,17 @@ fn host_pass1(
     }
     let role = h.role.as_ref().map(|r| r.get_ref().as_str());
     let ls = layers(m, site_defaults, role, &h.tags);
+    // A layered field is unknown (not missing) when the host's role or tags, or the field in one of its
+    // layers, failed to read: that error is already reported.
+    let broken = c.broken;
+    let unsure = |field: &str| {
+        broken.under(&format!("{p}.tags"))
+            || broken.covers(&format!("{p}.role"))
+            || ls
+                .iter()
+                .any(|(_, lp, _)| broken.covers(&format!("{lp}.{field}")))
+    };
+    let (unsure_os, unsure_arch, unsure_board) = (unsure("os"), unsure("arch"), unsure("board"));
 
     // Scalar from the highest layer that sets it (host last), with its location.
     macro_rules! pick {
@@ -1348,6 +1401,7 @@ fn host_pass1(
         }};
     }
     let os = match pick!(os) {
+        None if unsure_os => None,
         None => {
             c.err(
                 "SPEC005",
@@ -1370,6 +1424,7 @@ fn host_pass1(
         }),
     };
     let arch = match pick!(arch) {
+        None if unsure_arch => None,
         None => {
             c.err(
                 "SPEC005",
@@ -1393,6 +1448,7 @@ fn host_pass1(
     };
     let board_v = pick!(board);
     let board = match board_v {
+        None if unsure_board => None,
         None => {
             c.err(
                 "SPEC005",
@@ -1565,6 +1621,9 @@ fn host_pass1(
 
     // Interfaces.
     let mut interfaces = Vec::new();
+    if m.broken.under(&format!("{p}.interfaces")) {
+        c.unsure_interfaces.insert(name.to_string());
+    }
     for (iname, iv) in &h.interfaces {
         let i = iv.get_ref();
         let ip = format!("{p}.interfaces.{}", iname.get_ref());
@@ -1579,6 +1638,7 @@ fn host_pass1(
         }
         let net = networks.get(i.network.get_ref());
         if net.is_none() {
+            c.unsure_interfaces.insert(name.to_string());
             dangling(
                 c,
                 format!("{ip}.network"),
@@ -1591,13 +1651,16 @@ fn host_pass1(
         let mut address = None;
         if let Some(a) = &i.address {
             match IpAddr::from_str(a.get_ref()) {
-                Err(_) => c.err(
-                    "SPEC011",
-                    format!("{ip}.address"),
-                    at(f, a),
-                    format!("`{}` is not an IP address", a.get_ref()),
-                    "write the bare address (the prefix comes from the network's CIDR)",
-                ),
+                Err(_) => {
+                    c.unsure_interfaces.insert(name.to_string());
+                    c.err(
+                        "SPEC011",
+                        format!("{ip}.address"),
+                        at(f, a),
+                        format!("`{}` is not an IP address", a.get_ref()),
+                        "write the bare address (the prefix comes from the network's CIDR)",
+                    )
+                }
                 Ok(addr) => {
                     if let Some(n) = net {
                         if !n.cidr.contains(&addr) {
@@ -1729,6 +1792,7 @@ fn host_pass1(
         }
     }
     if h.interfaces.is_empty() {
+        c.unsure_interfaces.insert(name.to_string());
         c.err(
             "SPEC005",
             format!("{p}.interfaces"),
@@ -1823,6 +1887,13 @@ fn host_pass1(
 
     // Mounts (server address resolved in seed_rules once all hosts exist).
     let mut mounts = Vec::new();
+    let errors_before = c.diags.len();
+    let storage_broken = std::iter::once(p.clone())
+        .chain(ls.iter().map(|(_, lp, _)| lp.clone()))
+        .any(|lp| m.broken.under(&format!("{lp}.mounts")))
+        || m.broken.under(&format!("{p}.exports"))
+        || m.broken.under(&format!("{p}.disks"))
+        || m.broken.under(&format!("{p}.persistent_paths"));
     for (mi, (lf, mv)) in raw_mounts.iter().enumerate() {
         let mt = mv.get_ref();
         let mp = format!("{p}.mounts[{mi}]");
@@ -1880,6 +1951,11 @@ fn host_pass1(
                 locs: (at(*lf, &mt.from), at(*lf, &mt.export)),
             });
         }
+    }
+    // A mount that failed validation (or a broken export, disk or path) leaves the host's storage
+    // incomplete: checks that need all of it stay silent.
+    if storage_broken || c.diags.len() > errors_before {
+        c.unsure_storage.insert(name.to_string());
     }
     let mut persistent_paths = Vec::new();
     for (i, pp) in h.persistent_paths.iter().enumerate() {
@@ -2039,6 +2115,7 @@ fn host_pass1(
     for (i, e) in h.exports.iter().enumerate() {
         let e = e.get_ref();
         if !is_abs_path(e.path.get_ref()) {
+            c.unsure_storage.insert(name.to_string());
             c.err(
                 "SPEC019",
                 format!("{p}.exports[{i}].path"),
@@ -2281,7 +2358,10 @@ fn stack(
                 );
             }
             for (j, a) in pr.allow_from.iter().enumerate() {
-                if !networks.contains_key(a.get_ref()) && !raw_hosts.contains_key(a.get_ref()) {
+                if !networks.contains_key(a.get_ref())
+                    && !raw_hosts.contains_key(a.get_ref())
+                    && !c.invalid.contains(&("network", a.get_ref().clone()))
+                {
                     dangling(
                         c,
                         format!("{pp}.allow_from[{j}]"),
@@ -2322,7 +2402,7 @@ fn stack(
         });
         let mut snets = Vec::new();
         for (i, n) in r.networks.iter().enumerate() {
-            if !dnets.contains_key(n.get_ref()) {
+            if !dnets.contains_key(n.get_ref()) && !c.broken.under(&format!("{p}.networks")) {
                 dangling(
                     c,
                     format!("{sp}.networks[{i}]"),
@@ -2390,7 +2470,7 @@ fn stack(
                     target: target.into(),
                     read_only: ro,
                 });
-            } else {
+            } else if !c.broken.under(&format!("{p}.volumes")) {
                 dangling(c, vp, at(f, v), "volume of this stack", src, volumes.iter());
             }
         }
@@ -2580,7 +2660,7 @@ fn seed_rules(
                 .interfaces
                 .iter()
                 .find(|i| role_of(&i.network) == Some(NetRole::Management) && i.address.is_some());
-            if mgmt.is_none() {
+            if mgmt.is_none() && !c.unsure_interfaces.contains(name) {
                 c.find("S000-SSH-MGMT", &[name], format!("{p}.interfaces"), key_loc, "no interface with a static address on a management network", "add an interface on the MGMT network with a static address: SSH listens only there");
             }
             for sn in &hd.ssh_networks {
@@ -2620,7 +2700,9 @@ fn seed_rules(
                     "set permit_root_login = \"no\"; administer through the non-root admin",
                 );
             }
-            if h.admins.is_empty() {
+            // (Not when the site's admins failed to read: that error is already reported.)
+            let admins_known = !c.broken.covers("site.admins") && !c.broken.under("site.admins");
+            if h.admins.is_empty() && admins_known {
                 c.find(
                     "S000-ROOT-LOGIN",
                     &[name],
@@ -2685,7 +2767,9 @@ fn seed_rules(
                     }
                 }
                 Some(srv) => {
-                    if mt.kind == MountKind::Nfs && !srv.exports.iter().any(|e| e.path == mt.export)
+                    if mt.kind == MountKind::Nfs
+                        && !srv.exports.iter().any(|e| e.path == mt.export)
+                        && !c.unsure_storage.contains(&mt.from)
                     {
                         c.err(
                             "SPEC016",
@@ -2720,8 +2804,8 @@ fn seed_rules(
             }
         }
 
-        // S000-DISPOSABLE
-        if h.disposable {
+        // S000-DISPOSABLE (silent when the host's storage is incomplete: an error already names it)
+        if h.disposable && !c.unsure_storage.contains(name) {
             let safe_roots: Vec<&str> = h
                 .mounts
                 .iter()
@@ -2838,9 +2922,17 @@ fn seed_rules(
                         "bind service ports only to a servers network",
                     ),
                 }
+                // A port on a USER/GUEST network is refused above; where it would bind is moot.
+                let refused = matches!(
+                    networks.get(&pt.network).map(|n| n.role),
+                    Some(NetRole::User | NetRole::Guest)
+                );
                 for hn in &st.hosts {
                     if let Some(h) = hosts.get(hn) {
-                        if h.address_on(&pt.network).is_none() && networks.contains_key(&pt.network)
+                        if h.address_on(&pt.network).is_none()
+                            && networks.contains_key(&pt.network)
+                            && !refused
+                            && !c.unsure_interfaces.contains(hn)
                         {
                             c.err(
                                 "SPEC016",
@@ -2890,6 +2982,9 @@ fn seed_rules(
             }
         }
     }
+    // One finding per conflicting port, naming every host where it conflicts.
+    type Conflict = (Option<Loc>, Vec<(String, String)>);
+    let mut conflicts: BTreeMap<(String, Proto, u16), Conflict> = BTreeMap::new();
     for (hn, h) in hosts {
         let mut claimed: BTreeMap<(IpAddr, Proto, u16), String> = BTreeMap::new();
         if h.os.has_ssh() {
@@ -2917,25 +3012,37 @@ fn seed_rules(
                         let loc = rsv
                             .and_then(|r| r.ports.get(i))
                             .map(|x| Loc::new(sd.file, x.span()));
-                        c.find(
-                            "S001-PORT-CONFLICT",
-                            &[hn],
-                            format!("stacks.{sn}.services.{svn}.ports[{i}]"),
-                            loc,
-                            format!(
-                                "{}/{} {addr}:{} on `{hn}` is already claimed by {prev}",
-                                pt.protocol.as_str(),
+                        conflicts
+                            .entry((
+                                format!("stacks.{sn}.services.{svn}.ports[{i}]"),
+                                pt.protocol,
                                 pt.host,
-                                pt.host
-                            ),
-                            "pick another host port",
-                        );
+                            ))
+                            .or_insert((loc, Vec::new()))
+                            .1
+                            .push((hn.clone(), format!("{addr}:{} on `{hn}` ({prev})", pt.host)));
                     } else {
                         claimed.insert((addr, pt.protocol, pt.host), who);
                     }
                 }
             }
         }
+    }
+    for ((subject, proto, port), (loc, at_hosts)) in conflicts {
+        let hs: Vec<&str> = at_hosts.iter().map(|(h, _)| h.as_str()).collect();
+        let taken: Vec<&str> = at_hosts.iter().map(|(_, t)| t.as_str()).collect();
+        c.find(
+            "S001-PORT-CONFLICT",
+            &hs,
+            subject,
+            loc,
+            format!(
+                "{}/{port} is already claimed at {}",
+                proto.as_str(),
+                taken.join(", ")
+            ),
+            "pick another host port",
+        );
     }
 }
 

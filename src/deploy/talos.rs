@@ -154,6 +154,27 @@ async fn secure_api(t: &Talosctl, node: &str, talosconfig: &str) -> Result<Out> 
     .await
 }
 
+/// The node's machine config as Talos reports it (`get machineconfig v1alpha1 -o json`, authenticated).
+async fn machine_config(t: &Talosctl, node: &str, talosconfig: &str) -> Result<Out> {
+    t.run(
+        &strings(&[
+            "--talosconfig",
+            talosconfig,
+            "get",
+            "machineconfig",
+            "v1alpha1",
+            "--nodes",
+            node,
+            "--endpoints",
+            node,
+            "-o",
+            "json",
+        ]),
+        Duration::ZERO,
+    )
+    .await
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -179,24 +200,7 @@ async fn apply(t: &Talosctl, a: &Action, dry_run: bool) -> Result<(StepStatus, S
     if !t.root.join(talosconfig).is_file() {
         bail!("the talosconfig {talosconfig} is missing (run `labforge render`)");
     }
-    let got = t
-        .run(
-            &strings(&[
-                "--talosconfig",
-                talosconfig,
-                "get",
-                "machineconfig",
-                "v1alpha1",
-                "--nodes",
-                node,
-                "--endpoints",
-                node,
-                "-o",
-                "json",
-            ]),
-            Duration::ZERO,
-        )
-        .await?;
+    let got = machine_config(t, node, talosconfig).await?;
     if got.ok {
         let have = reported_config(&got.stdout)?;
         if documents(&have)? == want_docs {
@@ -538,23 +542,7 @@ pub async fn observe(t: &Talosctl, apply: &Action) -> Observed {
     let config_matches = async {
         let want = std::fs::read_to_string(t.root.join(config))
             .map_err(|e| format!("reading {config}: {e} (run `labforge render`)"))?;
-        let o = t
-            .run(
-                &strings(&[
-                    "--talosconfig",
-                    talosconfig,
-                    "get",
-                    "machineconfig",
-                    "v1alpha1",
-                    "--nodes",
-                    node,
-                    "--endpoints",
-                    node,
-                    "-o",
-                    "json",
-                ]),
-                Duration::ZERO,
-            )
+        let o = machine_config(t, node, talosconfig)
             .await
             .map_err(|e| format!("{e:#}"))?;
         if !o.ok {

@@ -339,19 +339,26 @@ mod tests {
         assert!(parse(&good, &pinned).unwrap_err().contains("no signature"));
     }
 
+    /// A fresh ed25519 host key at `k` (with `k.pub`); its public line, or `None` without ssh-keygen.
+    fn host_key(k: &std::path::Path) -> Option<String> {
+        let o = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(k)
+            .status();
+        if !matches!(o, Ok(s) if s.success()) {
+            return None;
+        }
+        Some(std::fs::read_to_string(k.with_extension("pub")).unwrap())
+    }
+
     #[test]
     fn signed_output_verifies_and_any_change_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let k = d.path().join("ssh_host_ed25519_key");
-        let o = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&k)
-            .status();
-        if !matches!(o, Ok(s) if s.success()) {
+        let Some(public) = host_key(&k) else {
             eprintln!("ssh-keygen not available: skipped");
             return;
-        }
-        let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+        };
         let glob = format!("{}/ssh_host_*_key", d.path().display());
         let b = batch_with(
             &probes(&[("a", "echo", "echo passwordauthentication yes")]),
@@ -397,15 +404,10 @@ mod tests {
     fn probe_signing_finds_a_host_key_whose_pub_file_has_no_final_newline() {
         let d = tempfile::tempdir().unwrap();
         let k = d.path().join("ssh_host_ed25519_key");
-        let o = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&k)
-            .status();
-        if !matches!(o, Ok(s) if s.success()) {
+        let Some(public) = host_key(&k) else {
             eprintln!("ssh-keygen not available: skipped");
             return;
-        }
-        let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+        };
         std::fs::write(k.with_extension("pub"), public.trim()).unwrap();
         let glob = format!("{}/ssh_host_*_key", d.path().display());
         let b = batch_with(

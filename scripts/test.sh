@@ -2,8 +2,8 @@
 # The full test suite, from a fresh Debian 12 machine: installs its own oracles, then lint + tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A clean clone builds once: incremental caches would only add gigabytes to the target directory.
-if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+# The suite builds a clean clone once: incremental caches would only add gigabytes to the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 bash scripts/install-test-deps.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -388,7 +388,13 @@ async fn read_remote(t: &dyn Transport, step: &str, path: &str) -> Result<Option
 }
 
 /// Put back what the open rollback window protects (over `t`, else by the host's timer) and say so.
-async fn undo(ctx: &Ctx, hp: &HostPlan, t: &dyn Transport, step: &str, st: &mut HostState) -> String {
+async fn undo(
+    ctx: &Ctx,
+    hp: &HostPlan,
+    t: &dyn Transport,
+    step: &str,
+    st: &mut HostState,
+) -> String {
     match st.window.take() {
         Some(w) => {
             let how = rollback::roll_back(ctx, hp, t, step, &w).await;
@@ -649,9 +655,16 @@ async fn exec_step(
                     "sshd config unchanged, no reload".into(),
                 )
             } else {
+                let mark = st
+                    .window
+                    .as_ref()
+                    .map(|w| format!("{}; ", w.mark_sshd_reload()))
+                    .unwrap_or_default();
                 t.run(
                     id,
-                    &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
+                    &t.privileged(&format!(
+                        "{mark}systemctl reload ssh 2>/dev/null || systemctl reload sshd"
+                    )),
                 )
                 .await?;
                 // A fresh login (retried with backoff: sshd may be re-executing) proves the new config still

@@ -35,7 +35,10 @@ pub enum Part {
     Sshd,
     Firewall,
     /// A stack and its directory on the host (`docker compose up -d` there after restoring).
-    Stack { name: String, dir: String },
+    Stack {
+        name: String,
+        dir: String,
+    },
 }
 
 impl Part {
@@ -99,6 +102,11 @@ impl Window {
             .collect::<Vec<_>>()
             .join(", ")
     }
+    /// Shell text that records on the host that sshd is about to read the new drop-in (the restore script then
+    /// reloads sshd after putting the old one back).
+    pub fn mark_sshd_reload(&self) -> String {
+        format!("touch {}", rpath(&format!("{}/sshd-reloaded", self.dir())))
+    }
     /// How long until the host's timer fires.
     fn remaining(&self) -> Duration {
         (self.armed_at + self.timeout).saturating_duration_since(tokio::time::Instant::now())
@@ -108,7 +116,7 @@ impl Window {
     pub fn script(&self) -> String {
         let d = self.dir();
         let mut s = format!(
-            "#!/bin/sh\n# labforge rollback {tok}: restores the files below unless the deploy was confirmed.\nR=\"${{LABFORGE_ROOT:-}}\"\nD=\"$R\"{d}\nif [ -e \"$R/run/labforge/confirm-{tok}\" ] || [ -e \"$D/restored\" ]; then exit 0; fi\n",
+            "#!/bin/sh\n# labforge rollback {tok}: restores the files below unless the deploy was confirmed.\nR=\"${{LABFORGE_ROOT:-}}\"\nD=\"$R\"{d}\nif [ -e \"$R/run/labforge/confirm-{tok}\" ]; then exit 0; fi\nif [ -e \"$D/restored\" ]; then echo already-restored; exit 0; fi\n",
             tok = self.token,
             d = sq(&d),
         );
@@ -120,7 +128,8 @@ impl Window {
             ));
         }
         if self.has(|p| *p == Part::Sshd) {
-            s.push_str("systemctl reload ssh 2>/dev/null || systemctl reload sshd\n");
+            // Only an sshd that read the new drop-in needs a reload (one refused by `sshd -t` never did).
+            s.push_str("if [ -e \"$D/sshd-reloaded\" ]; then systemctl reload ssh 2>/dev/null || systemctl reload sshd; fi\n");
         }
         if self.has(|p| *p == Part::Firewall) {
             let r = rpath(RULESET);
@@ -206,9 +215,9 @@ pub async fn protect(
             u = w.unit(),
             s = rpath(&w.script_path()),
         );
-        t.run(step, &t.privileged(&arm)).await.map_err(|e| {
-            anyhow!("arming the on-host rollback ({}): {e}", w.unit())
-        })?;
+        t.run(step, &t.privileged(&arm))
+            .await
+            .map_err(|e| anyhow!("arming the on-host rollback ({}): {e}", w.unit()))?;
         w.armed_at = tokio::time::Instant::now();
     }
     Ok(())
@@ -235,19 +244,32 @@ pub async fn confirm(
     let Some(w) = win.take() else {
         return Ok(String::new());
     };
-    let budget = super::RELOAD_LOGIN_BUDGET.min(w.remaining().saturating_sub(Duration::from_secs(1)));
-    // A login right after a reload can meet sshd re-executing itself: retry with backoff, bounded.
-    let (fresh, attempts) = transport::retry_with_backoff(
-        budget.max(Duration::from_secs(1)),
-        Duration::from_millis(250),
-        Duration::from_secs(2),
-        || async {
-            let f = ctx.connector.connect(&hp.name).await?;
-            f.run(step, "true").await?;
-            Ok(f)
-        },
+    // Half of what is left before the host's timer fires: a failed confirmation is then undone by
+    // labforge itself, the timer staying the backstop.
+    let budget = super::RELOAD_LOGIN_BUDGET
+        .min(w.remaining() / 2)
+        .max(Duration::from_secs(1));
+    // A login right after a reload can meet sshd re-executing itself: retry with backoff, bounded (the
+    // whole loop, since one attempt can take a connect timeout).
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let fresh = tokio::time::timeout(
+        budget,
+        transport::retry_with_backoff(
+            budget,
+            Duration::from_millis(250),
+            Duration::from_secs(2),
+            || async {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let f = ctx.connector.connect(&hp.name).await?;
+                f.run(step, "true").await?;
+                Ok(f)
+            },
+        ),
     )
-    .await;
+    .await
+    .map(|r| r.0)
+    .unwrap_or_else(|_| Err(anyhow!("no login within {budget:?}")));
+    let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
     let checked = match fresh {
         Err(e) => Err(anyhow!(
             "a fresh login failed {attempts} time(s) within {budget:?} ({e:#})"
@@ -304,17 +326,32 @@ async fn disarm(f: &dyn Transport, step: &str, w: &Window) -> Result<()> {
 
 /// Restore now over `t` if it still works (and cancel the timer), else wait for the host's timer and watch
 /// for its `restored` record. Returns how the rollback happened (never fails: the timer is the backstop).
-pub async fn roll_back(ctx: &Ctx, hp: &HostPlan, t: &dyn Transport, step: &str, w: &Window) -> String {
+pub async fn roll_back(
+    ctx: &Ctx,
+    hp: &HostPlan,
+    t: &dyn Transport,
+    step: &str,
+    w: &Window,
+) -> String {
     let now = format!(
         "sh {s} && systemctl stop {u}.timer 2>/dev/null; cat \"${{LABFORGE_ROOT:-}}\"{r}",
         s = rpath(&w.script_path()),
         u = w.unit(),
         r = sq(&format!("{}/restored", w.dir())),
     );
-    match tokio::time::timeout(Duration::from_secs(60), t.exec(step, &t.privileged(&now), None))
-        .await
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        t.exec(step, &t.privileged(&now), None),
+    )
+    .await
     {
-        Ok(Ok(o)) if o.ok() => return "restored over the deploying connection".into(),
+        Ok(Ok(o)) if o.ok() => {
+            return if o.stdout_str().contains("already-restored") {
+                format!("by the host's timer {}", w.unit())
+            } else {
+                "restored over the deploying connection".into()
+            }
+        }
         _ => {}
     }
     let until = tokio::time::Instant::now() + w.remaining() + Duration::from_secs(30);

@@ -80,13 +80,15 @@ done
 [ -n "$unit" ] && [ -n "$delay" ] || { echo "fake systemd-run: needs --unit= and --on-active=" >&2; exit 1; }
 delay=${delay%s}
 mkdir -p {rs}/run/fake-systemd
-setsid sh -c 'sleep "$0"; "$@"; echo "$$ exit $?" >> {rs}/run/fake-systemd/fired.log' "$delay" "$@" >>{rs}/run/fake-systemd/$unit.log 2>&1 </dev/null &
-echo $! > {rs}/run/fake-systemd/$unit.pid
+pidf={rs}/run/fake-systemd/$unit.pid
+rm -f "$pidf"
+setsid sh -c 'echo $$ > "$1"; sleep "$2"; shift 2; "$@"; echo "$$ exit $?" >> {rs}/run/fake-systemd/fired.log' sh "$pidf" "$delay" "$@" >>{rs}/run/fake-systemd/$unit.log 2>&1 </dev/null &
+while [ ! -s "$pidf" ]; do sleep 0.05; done
 echo "$unit armed for ${delay}s: $*" >> {rs}/run/fake-systemd/armed.log
 "#;
 
 /// The `systemctl stop U.timer` arm of the fake systemctl (see [`FAKE_SYSTEMD_RUN`]).
-pub const FAKE_STOP_TIMER: &str = r#"u=${2%.timer}; if [ -f {rs}/run/fake-systemd/$u.pid ]; then kill -TERM -- -"$(cat {rs}/run/fake-systemd/$u.pid)" 2>/dev/null; rm -f {rs}/run/fake-systemd/$u.pid; echo "$u stopped" >> {rs}/run/fake-systemd/armed.log; fi"#;
+pub const FAKE_STOP_TIMER: &str = r#"u=${2%.timer}; if [ -f {rs}/run/fake-systemd/$u.pid ]; then kill -TERM -"$(cat {rs}/run/fake-systemd/$u.pid)" 2>/dev/null; rm -f {rs}/run/fake-systemd/$u.pid; echo "$u stopped" >> {rs}/run/fake-systemd/armed.log; fi"#;
 
 pub struct HostSpec {
     pub name: String,

@@ -280,7 +280,10 @@ fn deploy_guards_the_effective_config_before_reload_and_retries_the_fresh_login(
     // slow: the reload succeeded after retrying the fresh login.
     let (st, d) = step(&ev, "slow:sshd-reload");
     assert_eq!(st, "changed", "{d}\n{text_out}");
-    assert!(d.contains("a fresh login works (attempt "), "{d}");
+    assert!(
+        d.contains("confirmed on a fresh connection (attempt "),
+        "{d}"
+    );
     assert_eq!(
         lab.rendered_dropin("slow"),
         std::fs::read_to_string(

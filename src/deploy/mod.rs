@@ -7,6 +7,7 @@
 //! carries a secret value (only paths, sizes and step ids).
 
 pub mod nixos;
+pub mod rollback;
 pub mod talos;
 
 use crate::plan::{Action, HostPlan, Step};
@@ -156,6 +157,10 @@ struct HostState {
     /// sshd drop-in path → previous content (`None` = did not exist) when this run replaced it.
     sshd_prev: BTreeMap<String, Option<Vec<u8>>>,
     blocked: Option<String>,
+    /// The host's armed rollback while a change (sshd, firewall, a stack) is not yet confirmed (not NixOS).
+    window: Option<rollback::Window>,
+    /// The plan's firewall step has run (confirmation then also requires the firewall checks).
+    firewall_applied: bool,
 }
 
 /// Where a planned file goes on the host.
@@ -375,7 +380,12 @@ async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
                 emit(step, status, detail);
             }
             Err(e) => {
-                let msg = format!("{e:#}");
+                let mut msg = format!("{e:#}");
+                // A change that failed half-way: the host's armed rollback puts the previous files back.
+                if let Some(w) = st.window.take() {
+                    let how = rollback::roll_back(ctx, hp, tr.as_ref(), &step.id, &w).await;
+                    msg.push_str(&format!("; rolled back {} ({how})", w.describe()));
+                }
                 let msg = if msg.contains(&step.id) {
                     msg
                 } else {
@@ -383,6 +393,24 @@ async fn run_host(ctx: &Ctx, hp: &HostPlan) -> HostResult {
                 };
                 emit(step, StepStatus::Failed, msg.clone());
                 return Err((st.changed, anyhow!(msg)));
+            }
+        }
+    }
+    // A window still open here (its closing step did not run) is confirmed now, or rolled back.
+    if st.window.is_some() {
+        if let Some(tr) = t.clone() {
+            if let Err(e) = rollback::confirm(
+                ctx,
+                hp,
+                tr.as_ref(),
+                "confirm",
+                &mut st.window,
+                st.firewall_applied,
+            )
+            .await
+            {
+                let e = anyhow!("host `{}`: {e:#}", hp.name);
+                return Err((st.changed, e));
             }
         }
     }
@@ -434,21 +462,21 @@ async fn read_remote(t: &dyn Transport, step: &str, path: &str) -> Result<Option
     }
 }
 
-async fn restore(
+/// Put back what the open rollback window protects (over `t`, else by the host's timer) and say so.
+async fn undo(
+    ctx: &Ctx,
+    hp: &HostPlan,
     t: &dyn Transport,
     step: &str,
-    path: &str,
-    prev: &Option<Vec<u8>>,
-    mode: u32,
-) -> Result<()> {
-    match prev {
-        Some(b) => t.upload(step, path, b, mode, None).await?,
-        None => {
-            t.run(step, &t.privileged(&format!("rm -f -- {}", rpath(path))))
-                .await?;
+    st: &mut HostState,
+) -> String {
+    match st.window.take() {
+        Some(w) => {
+            let how = rollback::roll_back(ctx, hp, t, step, &w).await;
+            format!("rolled back {} ({how})", w.describe())
         }
+        None => "nothing had changed".into(),
     }
-    Ok(())
 }
 
 fn read_local(ctx: &Ctx, file: &str) -> Result<Vec<u8>> {
@@ -579,6 +607,20 @@ async fn exec_step(
                     format!("would upload {}", differ.join(", ")),
                 ));
             }
+            if hp.os != Os::Nixos {
+                let part = if is_sshd {
+                    Some(rollback::Part::Sshd)
+                } else {
+                    stack_of(files).map(|name| rollback::Part::Stack {
+                        dir: dest.trim_end_matches('/').to_string(),
+                        name,
+                    })
+                };
+                if let Some(part) = part {
+                    let differ = differing(t, id, &items).await?;
+                    rollback::protect(ctx, t, id, &mut st.window, &differ, part).await?;
+                }
+            }
             let changed = upload_if_changed(t, id, &items, mode).await?;
             if is_sshd {
                 st.sshd_prev.retain(|p, _| changed.contains(p));
@@ -611,6 +653,19 @@ async fn exec_step(
                     StepStatus::WouldChange,
                     format!("would rewrite {dest} (0600, values from the secrets store)"),
                 ));
+            }
+            if hp.os != Os::Nixos {
+                let item = [(dest.clone(), bytes.clone())];
+                let differ = differing(t, id, &item).await?;
+                let dir = dest
+                    .rsplit_once('/')
+                    .map(|x| x.0.to_string())
+                    .unwrap_or_default();
+                let part = rollback::Part::Stack {
+                    name: stack.clone(),
+                    dir,
+                };
+                rollback::protect(ctx, t, id, &mut st.window, &differ, part).await?;
             }
             let changed = upload_if_changed(t, id, &[(dest.clone(), bytes)], 0o600).await?;
             if changed.is_empty() {
@@ -649,10 +704,8 @@ async fn exec_step(
             let o = t.exec(id, &cmd, None).await?;
             if !o.ok() {
                 let why = transport::failure_text(&o);
-                for (p, prev) in &st.sshd_prev {
-                    restore(t, id, p, prev, 0o644).await?;
-                }
-                bail!("sshd -t rejected the new configuration ({why}); the previous drop-in was restored and sshd was not reloaded");
+                let how = undo(ctx, hp, t, id, st).await;
+                bail!("sshd -t rejected the new configuration ({why}); sshd was not reloaded; {how}");
             }
             // The lock-out guard on what sshd will really use (the main config may set a list first).
             let cmd = t.privileged(&format!("sshd -T -f {}", rpath("/etc/ssh/sshd_config")));
@@ -662,10 +715,8 @@ async fn exec_step(
                 .and_then(|k| k.split_whitespace().next().map(|s| s.to_string()))
                 .unwrap_or_else(|| crate::spec::ssh_algos::HOST_KEY_TYPE.to_string());
             if let Err(e) = transport::check_lockout_effective(&eff.stdout_str(), &key_type) {
-                for (p, prev) in &st.sshd_prev {
-                    restore(t, id, p, prev, 0o644).await?;
-                }
-                bail!("{e:#}; the previous drop-in was restored and sshd was not reloaded");
+                let how = undo(ctx, hp, t, id, st).await;
+                bail!("{e:#}; sshd was not reloaded; {how}");
             }
             (
                 StepStatus::Ok,
@@ -679,64 +730,53 @@ async fn exec_step(
                     "sshd config unchanged, no reload".into(),
                 )
             } else {
+                let mark = st
+                    .window
+                    .as_ref()
+                    .map(|w| format!("{}; ", w.mark_sshd_reload()))
+                    .unwrap_or_default();
                 t.run(
                     id,
-                    &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
+                    &t.privileged(&format!(
+                        "{mark}systemctl reload ssh 2>/dev/null || systemctl reload sshd"
+                    )),
                 )
                 .await?;
-                // A fresh login proves the new config still lets labforge in; otherwise put the old one back.
-                // A login right after the reload can meet sshd re-executing itself: retry with backoff for
-                // a bounded time before concluding it is locked out.
-                let (fresh, attempts) = transport::retry_with_backoff(
-                    RELOAD_LOGIN_BUDGET,
-                    Duration::from_millis(250),
-                    Duration::from_secs(2),
-                    || async {
-                        let f = ctx.connector.connect(&hp.name).await?;
-                        f.run(id, "true").await?;
-                        Ok(())
-                    },
-                )
-                .await;
-                if let Err(e) = fresh {
-                    for (p, prev) in &st.sshd_prev {
-                        restore(t, id, p, prev, 0o644).await?;
-                    }
-                    t.run(
-                        id,
-                        &t.privileged("systemctl reload ssh 2>/dev/null || systemctl reload sshd"),
-                    )
-                    .await?;
-                    bail!("after reloading sshd a fresh login failed {attempts} time(s) within {RELOAD_LOGIN_BUDGET:?} ({e:#}); the previous drop-in was restored and sshd reloaded");
-                }
-                (
-                    StepStatus::Changed,
-                    if attempts > 1 {
-                        format!("sshd reloaded; a fresh login works (attempt {attempts})")
-                    } else {
-                        "sshd reloaded; a fresh login works".into()
-                    },
-                )
+                // A fresh login (retried with backoff: sshd may be re-executing) proves the new config still
+                // lets labforge in; only that login disarms the host's rollback.
+                let how = rollback::confirm(ctx, hp, t, id, &mut st.window, st.firewall_applied)
+                    .await
+                    .map_err(|e| anyhow!("after reloading sshd: {e:#}"))?;
+                (StepStatus::Changed, format!("sshd reloaded; {how}"))
             }
         }
         Action::FirewallApply { file } => {
             let bytes = read_local(ctx, file)?;
-            let target = "/etc/nftables.conf";
+            let target = rollback::RULESET;
             let have = remote_hashes(t, id, &[target.to_string()]).await?;
             if have.get(target).cloned().flatten() == Some(transport::sha256_hex(&bytes)) {
+                st.firewall_applied = true;
                 (StepStatus::Unchanged, format!("{target} up to date"))
             } else if ctx.dry_run {
                 (
                     StepStatus::WouldChange,
-                    format!("would replace {target} (checked with `nft -c` first) and load it with nft -f"),
+                    format!("would replace {target} (checked with `nft -c` first) and load it with nft -f, armed to roll back on the host"),
                 )
             } else {
-                let prev = read_remote(t, id, target).await?;
                 let staged = "/etc/nftables.conf.labforge-new";
                 t.upload(id, staged, &bytes, 0o644, Some("root:root"))
                     .await?;
                 t.run(id, &t.privileged(&format!("nft -c -f {}", rpath(staged))))
                     .await?;
+                rollback::protect(
+                    ctx,
+                    t,
+                    id,
+                    &mut st.window,
+                    &[target.to_string()],
+                    rollback::Part::Firewall,
+                )
+                .await?;
                 t.upload(id, target, &bytes, 0o755, Some("root:root"))
                     .await?;
                 t.run(
@@ -748,23 +788,13 @@ async fn exec_step(
                     )),
                 )
                 .await?;
-                let fresh = match ctx.connector.connect(&hp.name).await {
-                    Ok(f) => f
-                        .run(id, "true")
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = fresh {
-                    restore(t, id, target, &prev, 0o755).await?;
-                    t.run(id, &t.privileged(&format!("nft -f {}", rpath(target))))
-                        .await?;
-                    bail!("after loading the ruleset a fresh SSH login failed ({e:#}); the previous ruleset was restored");
-                }
+                st.firewall_applied = true;
+                let how = rollback::confirm(ctx, hp, t, id, &mut st.window, true)
+                    .await
+                    .map_err(|e| anyhow!("after loading the ruleset: {e:#}"))?;
                 (
                     StepStatus::Changed,
-                    "ruleset loaded with nft -f (table inet labforge); a fresh login works".into(),
+                    format!("ruleset loaded with nft -f (table inet labforge); {how}"),
                 )
             }
         }
@@ -787,9 +817,12 @@ async fn exec_step(
                     he = sq(&host_env)
                 ));
                 t.run(id, &cmd).await?;
+                let how = rollback::confirm(ctx, hp, t, id, &mut st.window, st.firewall_applied)
+                    .await
+                    .map_err(|e| anyhow!("after docker compose up -d in {dir}: {e:#}"))?;
                 (
                     StepStatus::Changed,
-                    format!("docker compose up -d in {dir}"),
+                    format!("docker compose up -d in {dir}; {how}"),
                 )
             }
         }

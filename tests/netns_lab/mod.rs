@@ -61,6 +61,35 @@ pub fn require_root() {
     }
 }
 
+/// The lab has no systemd (no PID 1 manager in a network namespace), so `systemd-run --unit=U
+/// --on-active=N CMD…` is modelled by this stand-in: it starts `sleep N; CMD…` in its own session in the
+/// background (surviving the SSH session, the controller and a killed connection, as a transient timer
+/// unit does) and records the sleeper's pid under `run/fake-systemd/U.pid`. `systemctl stop U.timer`
+/// ([`FAKE_STOP_TIMER`]) kills that session before it fires, as stopping the timer unit would. What it does
+/// not model: timers surviving a reboot of the host (transient units do not either).
+pub const FAKE_SYSTEMD_RUN: &str = r#"unit=; delay=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --unit=*) unit=${1#--unit=};;
+    --on-active=*) delay=${1#--on-active=};;
+    --*) ;;
+    *) break;;
+  esac
+  shift
+done
+[ -n "$unit" ] && [ -n "$delay" ] || { echo "fake systemd-run: needs --unit= and --on-active=" >&2; exit 1; }
+delay=${delay%s}
+mkdir -p {rs}/run/fake-systemd
+pidf={rs}/run/fake-systemd/$unit.pid
+rm -f "$pidf"
+setsid sh -c 'echo $$ > "$1"; sleep "$2"; shift 2; "$@"; echo "$$ exit $?" >> {rs}/run/fake-systemd/fired.log' sh "$pidf" "$delay" "$@" >>{rs}/run/fake-systemd/$unit.log 2>&1 </dev/null &
+while [ ! -s "$pidf" ]; do sleep 0.05; done
+echo "$unit armed for ${delay}s: $*" >> {rs}/run/fake-systemd/armed.log
+"#;
+
+/// The `systemctl stop U.timer` arm of the fake systemctl (see [`FAKE_SYSTEMD_RUN`]).
+pub const FAKE_STOP_TIMER: &str = r#"u=${2%.timer}; if [ -f {rs}/run/fake-systemd/$u.pid ]; then kill -TERM -"$(cat {rs}/run/fake-systemd/$u.pid)" 2>/dev/null; rm -f {rs}/run/fake-systemd/$u.pid; echo "$u stopped" >> {rs}/run/fake-systemd/armed.log; fi"#;
+
 pub struct HostSpec {
     pub name: String,
     pub os: &'static str,
@@ -548,8 +577,9 @@ address = "10.60.{hi}.{lo}"
         };
         match &opts.systemctl {
             Some(body) => fake("systemctl", body.replace("{rs}", &rs)),
-            None => fake("systemctl", format!("case \"$1 $2\" in 'reload ssh'|'reload sshd') kill -HUP \"$(cat {rs}/run/sshd.pid)\";; *) echo \"fake systemctl: $*\" >&2; exit 1;; esac\n")),
+            None => fake("systemctl", format!("case \"$1 $2\" in 'reload ssh'|'reload sshd') kill -HUP \"$(cat {rs}/run/sshd.pid)\";;\n 'stop '*.timer) {STOP_TIMER};;\n *) echo \"fake systemctl: $*\" >&2; exit 1;; esac\n", STOP_TIMER = FAKE_STOP_TIMER.replace("{rs}", &rs))),
         }
+        fake("systemd-run", FAKE_SYSTEMD_RUN.replace("{rs}", &rs));
         fake(
             "docker",
             format!(
@@ -696,6 +726,18 @@ impl Drop for Lab {
             }
         }
         for h in &self.hosts {
+            // Armed stand-in timers (FAKE_SYSTEMD_RUN) live in their own sessions: end them by pid.
+            if let Ok(rd) = std::fs::read_dir(h.root.join("run/fake-systemd")) {
+                for e in rd.flatten() {
+                    if e.path().extension().is_some_and(|x| x == "pid") {
+                        if let Ok(p) = std::fs::read_to_string(e.path()) {
+                            if let Ok(p) = p.trim().parse::<u32>() {
+                                kill_tree(p);
+                            }
+                        }
+                    }
+                }
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", &h.ns])
                 .stderr(Stdio::null())

@@ -30,22 +30,7 @@ fn setup() -> Lab {
         ],
         "",
     );
-    // The NixOS backend (another issue) generates the host key at render; until it is merged, do it here.
-    {
-        static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _g = ENV.lock().unwrap();
-        std::env::set_var("LABFORGE_AGE_IDENTITY", &lab.identity);
-        let store = labforge::secrets::Store::open(lab.dir.path(), &lab.spec()).unwrap();
-        store.ssh_host_key("n1").unwrap();
-    }
-    // A flake for the host (what the NixOS backend renders; only its presence matters to the fake).
-    std::fs::create_dir_all(lab.dir.path().join("nixos/hosts/n1")).unwrap();
-    std::fs::write(lab.dir.path().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
-    std::fs::write(
-        lab.dir.path().join("nixos/hosts/n1/default.nix"),
-        "{ ... }: { }\n",
-    )
-    .unwrap();
+    // `Lab::new` rendered the lab: n1's flake, modules and host key are the NixOS backend's own.
     let (n1, x1) = (lab.host("n1").mgmt.clone(), lab.host("x1").mgmt.clone());
     let (n1s, x1s) = (
         lab.host("n1").servers.clone(),
@@ -98,7 +83,7 @@ fn setup() -> Lab {
 }
 
 /// Runs inside the controller namespace: deploy n1 through the library with the plan's NixOS artifacts
-/// (the NixOS backend that lists them is another issue's; the CLI path is identical from here on).
+/// (the CLI path is identical from here on).
 #[test]
 #[ignore = "helper, run by the tests below"]
 fn helper_deploy_nixos() {
@@ -109,22 +94,14 @@ fn helper_deploy_nixos() {
         .spec
         .unwrap();
     let n1 = &spec.hosts["n1"];
-    let mut plan = labforge::plan::plan(&spec, &[n1]);
-    let hp = &mut plan.hosts[0];
-    for (p, k) in [
-        ("flake.nix", labforge::render::Kind::Flake),
-        (
-            "nixos/hosts/n1/default.nix",
-            labforge::render::Kind::NixosModule,
-        ),
-    ] {
-        hp.artifacts.push(labforge::render::Artifact::new(
-            p,
-            k,
-            "nixos",
-            vec!["n1".into()],
-        ));
-    }
+    let plan = labforge::plan::plan(&spec, &[n1]);
+    let hp = &plan.hosts[0];
+    assert!(
+        hp.artifacts
+            .iter()
+            .any(|a| a.path == "nixos/hosts/n1/default.nix" && a.sha256.is_some()),
+        "the plan lists n1's module with its hash"
+    );
     let kh = dir.join(".labforge/known_hosts");
     let public = std::fs::read_to_string(dir.join("secrets/ssh-host-keys/n1.pub")).unwrap();
     labforge::transport::known_hosts::write(

@@ -442,3 +442,77 @@ fn upload_killed_midway_keeps_the_old_file_and_a_rerun_converges() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// Issue 17: deploy uploaded whatever was on disk. Each rendered file's sha256 is in the plan; a file edited
+/// after `render` (here: the sshd drop-in given a weakening line, and a stack file) is refused before anything
+/// reaches the host, and `labforge render` puts the planned bytes back so the next deploy converges.
+#[test]
+fn deploy_refuses_a_rendered_file_tampered_with_after_render() {
+    let mut lab = Lab::new(
+        &[HostSpec {
+            name: "t1".into(),
+            os: "ubuntu",
+            stacks: vec![],
+        }],
+        "",
+    );
+    let d = lab.rendered_dropin("t1");
+    lab.start("t1", &d);
+    let key = lab.op_key.display().to_string();
+    // The plan carries what deploy may install: typed mode and owner, the sha256 of each file.
+    let o = lab.labforge(&["plan", "t1", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let up = plan["hosts"][0]["deploy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "t1:upload:sshd")
+        .expect("an sshd upload step")["action"]
+        .clone();
+    assert_eq!(up["mode"], "0644", "{up}");
+    assert_eq!(up["owner"], "root:root", "{up}");
+    assert_eq!(up["purpose"]["kind"], "sshd-dropin", "{up}");
+    let f = &up["files"][0];
+    assert_eq!(f["source"], "rendered/t1/sshd_config.d/10-labforge.conf");
+    assert_eq!(f["to"], "/etc/ssh/sshd_config.d/10-labforge.conf");
+    let local = lab
+        .dir
+        .path()
+        .join("rendered/t1/sshd_config.d/10-labforge.conf");
+    let planned = f["sha256"]
+        .as_str()
+        .expect("sha256 in the plan")
+        .to_string();
+    assert_eq!(
+        planned,
+        labforge::transport::sha256_hex(&std::fs::read(&local).unwrap())
+    );
+
+    // Tamper: a weakening line appended after render.
+    std::fs::write(&local, format!("{d}PasswordAuthentication yes\n")).unwrap();
+    let on_host = lab
+        .host("t1")
+        .root
+        .join("etc/ssh/sshd_config.d/10-labforge.conf");
+    let before = std::fs::read_to_string(&on_host).unwrap();
+    let o = lab.labforge(&["deploy", "t1", "--identity", &key]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("not what the plan rendered") && t.contains("run `labforge render`"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&on_host).unwrap(),
+        before,
+        "the tampered drop-in reached the host"
+    );
+
+    // Render restores the planned bytes; the deploy then converges.
+    let o = lab.labforge(&["render"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), d);
+    let o = lab.labforge(&["deploy", "t1", "--identity", &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -10,7 +10,7 @@ pub mod nixos;
 pub mod rollback;
 pub mod talos;
 
-use crate::plan::{Action, HostPlan, Step};
+use crate::plan::{Action, HostPlan, Step, UploadPurpose};
 use crate::spec::model::{Os, Spec};
 use crate::transport::{self, rpath, sq, BoxFut, Transport};
 use crate::verify;
@@ -163,22 +163,7 @@ struct HostState {
     firewall_applied: bool,
 }
 
-/// Where a planned file goes on the host.
-pub fn remote_path(file: &str, dest: &str) -> String {
-    let rest = match file.strip_prefix("stacks/") {
-        Some(r) => r.split_once('/').map(|(_, x)| x).unwrap_or(r),
-        None => file.rsplit('/').next().unwrap_or(file),
-    };
-    if dest.ends_with('/') {
-        format!("{dest}{rest}")
-    } else {
-        dest.to_string()
-    }
-}
-
-fn parse_mode(m: &str) -> u32 {
-    u32::from_str_radix(m.trim_start_matches("0o"), 8).unwrap_or(0o644)
-}
+pub use crate::plan::remote_path;
 
 /// Deploy every host in `plans`, at most `parallel` at a time, all in one wave. Returns the per-host
 /// summaries.
@@ -485,6 +470,24 @@ fn read_local(ctx: &Ctx, file: &str) -> Result<Vec<u8>> {
         .with_context(|| format!("reading {} (run `labforge render` first)", p.display()))
 }
 
+/// A rendered file's bytes, refused unless they are the ones the plan rendered (`sha256`): deploy installs
+/// exactly what the plan describes, never a file edited (or left stale) after `render`.
+pub(crate) fn read_planned(ctx: &Ctx, file: &str, sha256: Option<&str>) -> Result<Vec<u8>> {
+    let bytes = read_local(ctx, file)?;
+    let Some(want) = sha256 else {
+        bail!("{file}: the plan could not render this file, so it cannot vouch for it (run `labforge render` to see why)");
+    };
+    let have = transport::sha256_hex(&bytes);
+    if have != want {
+        bail!(
+            "{file} on disk is not what the plan rendered (sha256 {} on disk, {} planned): it was edited or the spec changed since; run `labforge render`",
+            &have[..12],
+            &want[..want.len().min(12)]
+        );
+    }
+    Ok(bytes)
+}
+
 fn env_file(ctx: &Ctx, stack: &str) -> Result<Vec<u8>> {
     let st = ctx
         .spec
@@ -518,6 +521,7 @@ async fn upload_if_changed(
     step: &str,
     items: &[(String, Vec<u8>)],
     mode: u32,
+    owner: &str,
 ) -> Result<Vec<String>> {
     let paths: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
     let have = remote_hashes(t, step, &paths).await?;
@@ -527,19 +531,10 @@ async fn upload_if_changed(
         if have.get(p).cloned().flatten().as_deref() == Some(want.as_str()) {
             continue;
         }
-        t.upload(step, p, bytes, mode, Some("root:root")).await?;
+        t.upload(step, p, bytes, mode, Some(owner)).await?;
         changed.push(p.clone());
     }
     Ok(changed)
-}
-
-/// The stack a planned file set belongs to (`stacks/<stack>/…`).
-fn stack_of(files: &[String]) -> Option<String> {
-    files
-        .iter()
-        .find_map(|f| f.strip_prefix("stacks/"))
-        .and_then(|r| r.split('/').next())
-        .map(|s| s.to_string())
 }
 
 /// The remote paths of `items` whose content differs from (or is missing on) the host.
@@ -569,13 +564,23 @@ async fn exec_step(
     let id = step.id.as_str();
     Ok(match &step.action {
         Action::ConnectPinned { .. } => unreachable!("handled by run_host"),
-        Action::Upload { files, dest, mode } => {
-            let mode = parse_mode(mode);
+        Action::Upload {
+            purpose,
+            files,
+            dest,
+            mode,
+            owner,
+        } => {
+            let mode = mode.0;
             let mut items = Vec::new();
             for f in files {
-                items.push((remote_path(f, dest), read_local(ctx, f)?));
+                items.push((f.to.clone(), read_planned(ctx, &f.source, f.sha256.as_deref())?));
             }
-            let is_sshd = dest.starts_with("/etc/ssh/");
+            let is_sshd = *purpose == UploadPurpose::SshdDropin;
+            let stack = match purpose {
+                UploadPurpose::Stack { stack } => Some(stack.clone()),
+                UploadPurpose::SshdDropin => None,
+            };
             if is_sshd {
                 for (p, b) in &items {
                     transport::check_lockout(&String::from_utf8_lossy(b))
@@ -599,8 +604,8 @@ async fn exec_step(
                 if is_sshd {
                     st.sshd_prev.retain(|p, _| differ.contains(p));
                 }
-                if let Some(s) = stack_of(files) {
-                    st.changed_stacks.insert(s);
+                if let Some(s) = &stack {
+                    st.changed_stacks.insert(s.clone());
                 }
                 return Ok((
                     StepStatus::WouldChange,
@@ -611,7 +616,7 @@ async fn exec_step(
                 let part = if is_sshd {
                     Some(rollback::Part::Sshd)
                 } else {
-                    stack_of(files).map(|name| rollback::Part::Stack {
+                    stack.clone().map(|name| rollback::Part::Stack {
                         dir: dest.trim_end_matches('/').to_string(),
                         name,
                     })
@@ -621,7 +626,7 @@ async fn exec_step(
                     rollback::protect(ctx, t, id, &mut st.window, &differ, part).await?;
                 }
             }
-            let changed = upload_if_changed(t, id, &items, mode).await?;
+            let changed = upload_if_changed(t, id, &items, mode, owner).await?;
             if is_sshd {
                 st.sshd_prev.retain(|p, _| changed.contains(p));
             }
@@ -631,8 +636,8 @@ async fn exec_step(
                     format!("{} file(s) already up to date", items.len()),
                 )
             } else {
-                if let Some(s) = stack_of(files) {
-                    st.changed_stacks.insert(s);
+                if let Some(s) = &stack {
+                    st.changed_stacks.insert(s.clone());
                 }
                 (
                     StepStatus::Changed,
@@ -667,7 +672,7 @@ async fn exec_step(
                 };
                 rollback::protect(ctx, t, id, &mut st.window, &differ, part).await?;
             }
-            let changed = upload_if_changed(t, id, &[(dest.clone(), bytes)], 0o600).await?;
+            let changed = upload_if_changed(t, id, &[(dest.clone(), bytes)], 0o600, "root:root").await?;
             if changed.is_empty() {
                 (StepStatus::Unchanged, format!("{dest} up to date"))
             } else {
@@ -750,8 +755,8 @@ async fn exec_step(
                 (StepStatus::Changed, format!("sshd reloaded; {how}"))
             }
         }
-        Action::FirewallApply { file } => {
-            let bytes = read_local(ctx, file)?;
+        Action::FirewallApply { file, sha256 } => {
+            let bytes = read_planned(ctx, file, sha256.as_deref())?;
             let target = rollback::RULESET;
             let have = remote_hashes(t, id, &[target.to_string()]).await?;
             if have.get(target).cloned().flatten() == Some(transport::sha256_hex(&bytes)) {

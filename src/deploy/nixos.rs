@@ -63,7 +63,7 @@ pub async fn switch(
     {
         items.push((
             format!("{FLAKE_DIR}/{}", a.path),
-            super::read_local(ctx, &a.path)?,
+            super::read_planned(ctx, &a.path, a.sha256.as_deref())?,
         ));
     }
     if items.is_empty() {
@@ -87,7 +87,7 @@ pub async fn switch(
             },
         ));
     }
-    let up = super::upload_if_changed(t, id, &items, 0o644).await?;
+    let up = super::upload_if_changed(t, id, &items, 0o644, "root:root").await?;
     let current = t
         .run(
             id,

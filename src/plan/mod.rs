@@ -98,6 +98,42 @@ pub enum BuildMode {
     Emulated,
 }
 
+/// One file of an upload: the rendered `source` (relative to the spec root), where it goes on the host, and
+/// the sha256 of the bytes the plan expects (absent only when the plan could not render it).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UploadFile {
+    pub source: String,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// What an upload installs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum UploadPurpose {
+    /// sshd drop-ins: checked against labforge's own algorithms, validated with `sshd -t`, then reloaded.
+    SshdDropin,
+    /// A Compose stack's files.
+    Stack { stack: String },
+}
+
+/// A Unix file mode; serialized as four octal digits (`"0644"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl Serialize for FileMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Step {
     /// Stable within a plan: `<host>:<action>[:<object>]`.
@@ -117,11 +153,15 @@ pub enum Action {
         address: String,
         port: u16,
     },
-    /// Upload files atomically (temp + rename) with owner and mode.
+    /// Upload files atomically (temp + rename) with owner and mode; each file's bytes on disk must be the ones
+    /// the plan rendered (`sha256`), else deploy refuses it.
     Upload {
-        files: Vec<String>,
+        /// What the files are: deploy backs up an sshd drop-in or a stack's files before changing them.
+        purpose: UploadPurpose,
+        files: Vec<UploadFile>,
         dest: String,
-        mode: String,
+        mode: FileMode,
+        owner: String,
     },
     /// Upload the stack's `.env` built from the secrets store, mode 0600.
     UploadEnv {
@@ -134,6 +174,9 @@ pub enum Action {
     /// Load the nftables ruleset (atomic `nft -f`).
     FirewallApply {
         file: String,
+        /// The ruleset's bytes as the plan rendered them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     ComposeUp {
         stack: String,
@@ -335,12 +378,39 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
             by_host.entry(h.as_str()).or_default().push(a);
         }
     }
+    // The bytes a fresh render gives every public artifact of the selected hosts, hashed once: deploy refuses a
+    // file on disk that is not what this plan rendered. (`check` passed, so rendering cannot fail here; if it
+    // did, the artifacts stay unhashed and deploy refuses them, telling the operator to run `labforge render`.)
+    let wanted: Vec<&render::Artifact> = {
+        let mut seen = std::collections::BTreeSet::new();
+        hosts
+            .iter()
+            .filter_map(|h| by_host.get(h.name.as_str()))
+            .flatten()
+            .copied()
+            .filter(|a| !a.sensitive && seen.insert(a.path.as_str()))
+            .collect()
+    };
+    let hashes: std::collections::BTreeMap<String, String> = render::public_bytes(spec, &wanted)
+        .map(|m| {
+            m.into_iter()
+                .map(|(p, b)| (p, crate::transport::sha256_hex(&b)))
+                .collect()
+        })
+        .unwrap_or_default();
     let host_plans = hosts
         .iter()
         .map(|h| {
             let artifacts: Vec<render::Artifact> = by_host
                 .get(h.name.as_str())
-                .map(|v| v.iter().map(|a| (*a).clone()).collect())
+                .map(|v| {
+                    v.iter()
+                        .map(|a| render::Artifact {
+                            sha256: hashes.get(&a.path).cloned(),
+                            ..(*a).clone()
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             HostPlan {
                 name: h.name.clone(),
@@ -624,22 +694,34 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
             }
         }
         Os::Ubuntu | Os::Debian => {
-            let files = |pred: &dyn Fn(&render::Artifact) -> bool| {
+            let matching = |pred: &dyn Fn(&render::Artifact) -> bool| {
                 artifacts
                     .iter()
                     .filter(|a| pred(a))
-                    .map(|a| a.path.clone())
+                    .cloned()
                     .collect::<Vec<_>>()
             };
-            let sshd = files(&|a| a.kind == render::Kind::SshdDropin);
+            let upload = |arts: &[render::Artifact], dest: &str| {
+                arts.iter()
+                    .map(|a| UploadFile {
+                        source: a.path.clone(),
+                        to: remote_path(&a.path, dest),
+                        sha256: a.sha256.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let sshd = matching(&|a| a.kind == render::Kind::SshdDropin);
             if !sshd.is_empty() {
+                let dest = "/etc/ssh/sshd_config.d/";
                 steps.push(step(
                     "upload",
                     Some("sshd"),
                     Action::Upload {
-                        files: sshd,
-                        dest: "/etc/ssh/sshd_config.d/".into(),
-                        mode: "0644".into(),
+                        purpose: UploadPurpose::SshdDropin,
+                        files: upload(&sshd, dest),
+                        dest: dest.into(),
+                        mode: FileMode(0o644),
+                        owner: "root:root".into(),
                     },
                     "install the hardened sshd drop-in".into(),
                 ));
@@ -657,12 +739,15 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                         .into(),
                 ));
             }
-            let fw = files(&|a| a.kind == render::Kind::Nftables);
+            let fw = matching(&|a| a.kind == render::Kind::Nftables);
             if let Some(f) = fw.first() {
                 steps.push(step(
                     "firewall",
                     None,
-                    Action::FirewallApply { file: f.clone() },
+                    Action::FirewallApply {
+                        file: f.path.clone(),
+                        sha256: f.sha256.clone(),
+                    },
                     "load the nftables ruleset atomically".into(),
                 ));
             }
@@ -681,16 +766,19 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
                     steps.push(st);
                 }
                 let dir = format!("/opt/labforge/stacks/{s}");
-                let sf = files(&|a| {
+                let sf = matching(&|a| {
                     a.stack.as_deref() == Some(s.as_str()) && a.kind != render::Kind::EnvExample
                 });
+                let dest = format!("{dir}/");
                 steps.push(step(
                     "upload",
                     Some(s),
                     Action::Upload {
-                        files: sf,
-                        dest: format!("{dir}/"),
-                        mode: "0644".into(),
+                        purpose: UploadPurpose::Stack { stack: s.clone() },
+                        files: upload(&sf, &dest),
+                        dest,
+                        mode: FileMode(0o644),
+                        owner: "root:root".into(),
                     },
                     format!("upload stack {s}"),
                 ));
@@ -731,6 +819,20 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
         "verify the hardening rules on the host".into(),
     ));
     steps
+}
+
+/// Where a planned file goes on the host: under `dest` (a directory, ending in `/`) by its name, a stack's
+/// files by their path inside the stack; `dest` itself when it names a file.
+pub fn remote_path(file: &str, dest: &str) -> String {
+    let rest = match file.strip_prefix("stacks/") {
+        Some(r) => r.split_once('/').map(|(_, x)| x).unwrap_or(r),
+        None => file.rsplit('/').next().unwrap_or(file),
+    };
+    if dest.ends_with('/') {
+        format!("{dest}{rest}")
+    } else {
+        dest.to_string()
+    }
 }
 
 /// How long `talosctl health` may wait for the cluster (flag `--wait-timeout`).

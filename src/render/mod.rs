@@ -53,6 +53,10 @@ pub struct Artifact {
     pub cluster: Option<String>,
     /// Carries secret material: written 0600 under out/, never committed, never diffed.
     pub sensitive: bool,
+    /// The sha256 of the bytes a fresh render of the spec gives (set by the planner; deploy refuses a file on
+    /// disk that differs). Never set for a sensitive artifact: the plan carries nothing derived from secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Artifact {
@@ -70,6 +74,7 @@ impl Artifact {
             stack: None,
             cluster: None,
             sensitive: false,
+            sha256: None,
         }
     }
     pub fn stack(mut self, s: &str) -> Self {
@@ -141,6 +146,28 @@ impl Report {
     pub fn drift(&self) -> bool {
         !(self.changed.is_empty() && self.missing.is_empty() && self.stale.is_empty())
     }
+}
+
+/// The bytes of the non-sensitive `artifacts` as a fresh render of the spec gives them (no secrets store, nothing
+/// written): what the planner hashes into the plan.
+pub fn public_bytes(spec: &Spec, artifacts: &[&Artifact]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let ctx = RenderCtx { spec, store: None };
+    let mut out = BTreeMap::new();
+    for b in backends() {
+        let mine: Vec<&Artifact> = artifacts
+            .iter()
+            .copied()
+            .filter(|a| a.backend == b.name() && !a.sensitive)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let produced = b
+            .render(&ctx, &mine)
+            .with_context(|| format!("rendering with the {} backend", b.name()))?;
+        out.extend(produced);
+    }
+    Ok(out)
 }
 
 /// Render `artifacts` under `root`, or compare them when `check` is set.

@@ -108,7 +108,7 @@ fn helper_deploy_nixos() {
         &kh,
         &[(
             "n1".into(),
-            n1.management_address(&spec).unwrap().to_string(),
+            n1.management_address().unwrap().to_string(),
             22,
             public.trim().into(),
         )],

@@ -71,10 +71,7 @@ fn the_example_lab_uses_layers_for_the_pis_and_compute() {
     assert_eq!(spec.hosts["hestia"].os, labforge::spec::model::Os::Nixos);
     assert_eq!(spec.hosts["hestia"].state_version.as_deref(), Some("25.05"));
     assert_eq!(spec.clusters["domum"].control_planes.len(), 3);
-    assert_eq!(
-        p.management_address(&spec).unwrap().to_string(),
-        "10.99.0.10"
-    );
+    assert_eq!(p.management_address().unwrap().to_string(), "10.99.0.10");
 }
 
 #[test]

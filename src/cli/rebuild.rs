@@ -167,8 +167,8 @@ pub fn run(cli: &Cli) -> Result<Exit> {
     let mut opts =
         super::remote::ssh_options(&root, &spec, ssh, super::remote::first_admin(&spec))?;
     if ssh.user.is_none() {
-        if let Some(a) = h.admins.first() {
-            opts.user = a.clone();
+        if let Some(a) = h.login_user() {
+            opts.user = a.to_string();
         }
     }
     opts.trust_on_first_use = false;
@@ -242,7 +242,7 @@ pub fn run(cli: &Cli) -> Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (addr, port) = rebuild::ssh_target(&spec, h)?;
+    let (addr, port) = rebuild::ssh_target(h)?;
 
     // 3. SSH with the pinned key, then cloud-init's first boot.
     let t = Instant::now();

@@ -42,13 +42,11 @@ fn write_known_hosts(root: &Path, spec: &Spec, path: &Path) -> Result<()> {
     let store = crate::secrets::Store::open(root, spec)?;
     let mut rows = Vec::new();
     for h in spec.hosts.values().filter(|h| h.os.has_ssh()) {
-        let (Some(a), Some(k)) = (
-            h.management_address(spec),
-            store.ssh_host_public_key(&h.name),
-        ) else {
+        let (Some(a), Some(k)) = (h.management_address(), store.ssh_host_public_key(&h.name))
+        else {
             continue;
         };
-        rows.push((h.name.clone(), a.to_string(), h.hardening.ssh_port, k));
+        rows.push((h.name.clone(), a.to_string(), h.facts.ssh_port, k));
     }
     crate::transport::known_hosts::write(path, &rows)
 }
@@ -282,10 +280,8 @@ pub fn run(cli: &Cli) -> Result<Exit> {
                     let mut o = base.clone();
                     if per_host_user {
                         o.user = spec.hosts[&n]
-                            .admins
-                            .first()
-                            .cloned()
-                            .or_else(|| first_admin(&spec))
+                            .login_user()
+                            .map(str::to_string)
                             .unwrap_or_else(|| "root".into());
                     }
                     o.trust_on_first_use = tofu.contains(&n);

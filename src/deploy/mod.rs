@@ -43,8 +43,8 @@ impl SshConnector {
         let mut o = self.opts.clone();
         o.trust_on_first_use = self.tofu.iter().any(|h| h == host);
         if self.per_host_user {
-            if let Some(u) = self.spec.hosts.get(host).and_then(|h| h.admins.first()) {
-                o.user = u.clone();
+            if let Some(u) = self.spec.hosts.get(host).and_then(|h| h.login_user()) {
+                o.user = u.to_string();
             }
         }
         o
@@ -60,12 +60,12 @@ impl Connector for SshConnector {
                 .get(host)
                 .ok_or_else(|| anyhow!("no host `{host}`"))?;
             let addr = h
-                .management_address(&self.spec)
+                .management_address()
                 .ok_or_else(|| anyhow!("host `{host}` has no management address"))?;
             let t = crate::transport::ssh::SshTransport::connect(
                 host,
                 &addr.to_string(),
-                h.hardening.ssh_port,
+                h.facts.ssh_port,
                 &self.opts_for(host),
             )
             .await?;

@@ -156,14 +156,14 @@ pub fn exposure(spec: &Spec, h: &Host) -> Option<Exposure> {
         .filter(|n| n.role == NetRole::Management)
         .filter_map(|n| net_source(&n.name))
         .collect();
-    for i in ssh_listen(spec, h) {
+    for i in h.ssh_interfaces() {
         flows.push(Flow {
             id: "ssh".into(),
             what: FlowKind::Ssh,
             interface: i.name.clone(),
             network: Some(i.network.clone()),
             address: i.address,
-            port: h.hardening.ssh_port,
+            port: h.facts.ssh_port,
             protocol: Proto::Tcp,
             delivery: Delivery::Host,
             from: Sources::Only(mgmt_sources.clone()),
@@ -292,31 +292,6 @@ pub fn exposure(spec: &Spec, h: &Host) -> Option<Exposure> {
         flows,
         addresses,
     })
-}
-
-/// Where sshd listens: the management interface, or the interfaces of `hardening.ssh_networks`. Only
-/// interfaces with a static address (validation refuses a host without one).
-pub fn ssh_listen<'a>(spec: &'a Spec, h: &'a Host) -> Vec<&'a Interface> {
-    if h.hardening.ssh_networks.is_empty() {
-        h.interfaces
-            .iter()
-            .find(|i| {
-                i.address.is_some()
-                    && spec.networks.get(&i.network).map(|n| n.role) == Some(NetRole::Management)
-            })
-            .into_iter()
-            .collect()
-    } else {
-        h.hardening
-            .ssh_networks
-            .iter()
-            .filter_map(|n| {
-                h.interfaces
-                    .iter()
-                    .find(|i| &i.network == n && i.address.is_some())
-            })
-            .collect()
-    }
 }
 
 /// What an `allow_from` entry stands for: a network's CIDR, or a host's address on the port's network (else

@@ -420,7 +420,7 @@ pub fn plan(spec: &Spec, hosts: &[&Host]) -> Plan {
                 role: h.role.clone(),
                 disposable: h.disposable,
                 connect: if h.os.has_ssh() {
-                    h.management_address(spec).map(|a| a.to_string())
+                    h.management_address().map(|a| a.to_string())
                 } else {
                     None
                 },
@@ -598,7 +598,7 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
         }
         return steps;
     }
-    let Some(mgmt) = h.management_address(spec) else {
+    let Some(mgmt) = h.management_address() else {
         return steps;
     };
     steps.push(step(
@@ -606,11 +606,11 @@ fn deploy_steps(spec: &Spec, h: &Host, artifacts: &[render::Artifact]) -> Vec<St
         None,
         Action::ConnectPinned {
             address: mgmt.to_string(),
-            port: h.hardening.ssh_port,
+            port: h.facts.ssh_port,
         },
         format!(
             "connect to {mgmt}:{} with the pinned host key",
-            h.hardening.ssh_port
+            h.facts.ssh_port
         ),
     ));
     let gates_for = |stack: &str, when: GateWhen| {

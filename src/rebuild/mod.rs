@@ -200,9 +200,9 @@ pub fn image_output(root: &Path, output: &str) -> PathBuf {
 }
 
 /// The management address and SSH port labforge uses for `h`.
-pub fn ssh_target(spec: &Spec, h: &Host) -> Result<(String, u16)> {
+pub fn ssh_target(h: &Host) -> Result<(String, u16)> {
     let a = h
-        .management_address(spec)
+        .management_address()
         .with_context(|| format!("host `{}` has no management address", h.name))?;
-    Ok((a.to_string(), h.hardening.ssh_port))
+    Ok((a.to_string(), h.facts.ssh_port))
 }

@@ -90,9 +90,9 @@ pub fn command(
     memory_mib: u32,
 ) -> Result<(Command, SocketAddr)> {
     let mgmt = h
-        .management_address(spec)
+        .management_address()
         .with_context(|| format!("host `{}` has no management address", h.name))?;
-    let port = h.hardening.ssh_port;
+    let port = h.facts.ssh_port;
     let mut c = match h.arch {
         Arch::X86_64 => x86_64_machine(image, dir)?,
         Arch::Aarch64 => aarch64_machine(image, dir)?,

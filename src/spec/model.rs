@@ -293,6 +293,9 @@ pub struct Host {
     pub talos: Option<TalosNode>,
     pub cluster: Option<String>,
     pub exports: Vec<Export>,
+    /// Derived once from the validated spec (`Spec::derive_facts`); every consumer reads these.
+    #[serde(skip)]
+    pub facts: HostFacts,
     #[serde(skip)]
     pub loc: Option<Loc>,
 }
@@ -320,9 +323,20 @@ impl Host {
             .find(|i| spec.networks.get(&i.network).map(|n| n.role) == Some(role))
     }
     /// The management address (where SSH listens and labforge connects).
-    pub fn management_address(&self, spec: &Spec) -> Option<IpAddr> {
-        self.iface_on_role(spec, NetRole::Management)
-            .and_then(|i| i.address)
+    pub fn management_address(&self) -> Option<IpAddr> {
+        self.facts.management_address
+    }
+    /// The interfaces sshd listens on (`facts.ssh_listen`), in that order.
+    pub fn ssh_interfaces(&self) -> Vec<&Interface> {
+        self.facts
+            .ssh_listen
+            .iter()
+            .filter_map(|(n, _)| self.interfaces.iter().find(|i| &i.name == n))
+            .collect()
+    }
+    /// Who labforge logs in as unless the operator says otherwise (`--user`).
+    pub fn login_user(&self) -> Option<&str> {
+        self.facts.login_user.as_deref()
     }
     /// This host's address on a named spec network.
     pub fn address_on(&self, network: &str) -> Option<IpAddr> {
@@ -330,6 +344,81 @@ impl Host {
             .iter()
             .find(|i| i.network == network)
             .and_then(|i| i.address)
+    }
+}
+
+/// What every consumer (render, plan, deploy, verify, rebuild, known_hosts) needs to know about reaching a
+/// host, derived once from the validated spec instead of recomputed in each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The interface on the management network with a static address, and that address: where labforge
+    /// connects (and, without `hardening.ssh_networks`, the only place sshd listens).
+    pub management_interface: Option<String>,
+    pub management_address: Option<IpAddr>,
+    /// sshd's port (`hardening.ssh_port`).
+    pub ssh_port: u16,
+    /// Where sshd listens, as (interface, address): the management interface, or the first interface with a
+    /// static address on each of `hardening.ssh_networks`, in that order. Empty for a host without SSH.
+    pub ssh_listen: Vec<(String, IpAddr)>,
+    /// The accounts that may log in over SSH: the host's `admins`, else every site admin, in spec order.
+    pub admins: Vec<String>,
+    /// Who labforge logs in as: the first of `admins`.
+    pub login_user: Option<String>,
+}
+
+impl HostFacts {
+    fn derive(spec: &Spec, h: &Host) -> HostFacts {
+        let mgmt = h.interfaces.iter().find(|i| {
+            i.address.is_some()
+                && spec.networks.get(&i.network).map(|n| n.role) == Some(NetRole::Management)
+        });
+        let ssh_listen: Vec<(String, IpAddr)> = if !h.os.has_ssh() {
+            Vec::new()
+        } else if h.hardening.ssh_networks.is_empty() {
+            mgmt.into_iter()
+                .filter_map(|i| Some((i.name.clone(), i.address?)))
+                .collect()
+        } else {
+            h.hardening
+                .ssh_networks
+                .iter()
+                .filter_map(|n| {
+                    h.interfaces
+                        .iter()
+                        .find(|i| &i.network == n && i.address.is_some())
+                        .and_then(|i| Some((i.name.clone(), i.address?)))
+                })
+                .collect()
+        };
+        let admins: Vec<String> = if h.admins.is_empty() {
+            spec.site.admins.iter().map(|a| a.name.clone()).collect()
+        } else {
+            h.admins.clone()
+        };
+        HostFacts {
+            management_interface: mgmt.map(|i| i.name.clone()),
+            management_address: mgmt.and_then(|i| i.address),
+            ssh_port: h.hardening.ssh_port,
+            ssh_listen,
+            login_user: admins.first().cloned(),
+            admins,
+        }
+    }
+}
+
+impl Spec {
+    /// Derive every host's `facts` (done once, when the spec is validated).
+    pub fn derive_facts(&mut self) {
+        let facts: Vec<(String, HostFacts)> = self
+            .hosts
+            .values()
+            .map(|h| (h.name.clone(), HostFacts::derive(self, h)))
+            .collect();
+        for (n, f) in facts {
+            if let Some(h) = self.hosts.get_mut(&n) {
+                h.facts = f;
+            }
+        }
     }
 }
 

@@ -1270,7 +1270,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
 
     m.site.as_ref()?;
     resolve_mount_servers(&mut hosts, &networks);
-    let spec = Spec {
+    let mut spec = Spec {
         revision: sources.revision(),
         site,
         networks,
@@ -1281,6 +1281,7 @@ pub fn validate(m: &Merged, sources: &SourceMap, diags: &mut Vec<Diagnostic>) ->
         gates,
         sources: sources.clone(),
     };
+    spec.derive_facts();
     Some(spec)
 }
 
@@ -2209,6 +2210,7 @@ fn host_pass1(
         talos,
         cluster: None,
         exports,
+        facts: Default::default(),
         loc: key_loc,
     })
 }

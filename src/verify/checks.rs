@@ -65,18 +65,13 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
     }
     let hd = &h.hardening;
     let mgmt = h
-        .management_address(spec)
+        .management_address()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mgmt_iface = h.iface_on_role(spec, NetRole::Management);
     let mgmt_net = mgmt_iface.and_then(|i| spec.networks.get(&i.network));
-    let admin = h
-        .admins
-        .first()
-        .cloned()
-        .or_else(|| spec.site.admins.first().map(|a| a.name.clone()))
-        .unwrap_or_else(|| "root".into());
-    let port = hd.ssh_port;
+    let admin = h.login_user().unwrap_or("root").to_string();
+    let port = h.facts.ssh_port;
     let mut push = |id: &str, title: String, rule: &str, probe: Probe, pass: Pass, fix: String| {
         v.push(Check {
             id: id.to_string(),
@@ -635,27 +630,21 @@ pub fn for_host(spec: &Spec, h: &Host) -> Vec<Check> {
         "remove or renumber the extra UID 0 account".into(),
     );
     // --- every account sshd would admit, from every address that matters ---
-    let admins: Vec<(String, Vec<String>)> = if h.admins.is_empty() {
-        spec.site
-            .admins
-            .iter()
-            .map(|a| (a.name.clone(), a.ssh_keys.clone()))
-            .collect()
-    } else {
-        h.admins
-            .iter()
-            .map(|n| {
-                let keys = spec
-                    .site
-                    .admins
-                    .iter()
-                    .filter(|a| &a.name == n)
-                    .flat_map(|a| a.ssh_keys.clone())
-                    .collect();
-                (n.clone(), keys)
-            })
-            .collect()
-    };
+    let admins: Vec<(String, Vec<String>)> = h
+        .facts
+        .admins
+        .iter()
+        .map(|n| {
+            let keys = spec
+                .site
+                .admins
+                .iter()
+                .filter(|a| &a.name == n)
+                .flat_map(|a| a.ssh_keys.clone())
+                .collect();
+            (n.clone(), keys)
+        })
+        .collect();
     let mut reps: Vec<String> = Vec::new();
     for n in spec.networks.values() {
         let mut r = super::accounts::representatives(&n.cidr);
@@ -849,7 +838,7 @@ pub fn exposure_checks(spec: &Spec, h: &Host, controller: std::net::IpAddr) -> V
                     && f.from.admits(controller)
             });
             if flow.is_none()
-                && ((port == h.hardening.ssh_port && a.role != NetRole::Management)
+                && ((port == h.facts.ssh_port && a.role != NetRole::Management)
                     || (a.role == NetRole::Management && [2375, 2376].contains(&port)))
             {
                 continue;

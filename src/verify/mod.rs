@@ -385,10 +385,10 @@ where
 pub async fn verify_host(spec: &Spec, h: &Host, opts: &Options) -> HostReport {
     let mut checks = checks::for_host(spec, h);
     let mgmt = h
-        .management_address(spec)
+        .management_address()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let port = h.hardening.ssh_port;
+    let port = h.facts.ssh_port;
     // Behind connect-address overrides (QEMU user networking) the controller is not on the lab's networks:
     // its vantage point says nothing about the policy.
     if let Some(src) =

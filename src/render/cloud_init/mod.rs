@@ -209,51 +209,42 @@ struct MetaData {
 // sshd drop-in
 
 /// Addresses sshd listens on: the host's addresses on `hardening.ssh_networks`, else its management address.
-fn ssh_listen(spec: &Spec, h: &Host) -> Result<Vec<(String, IpAddr)>> {
-    let mut out = Vec::new();
-    if h.hardening.ssh_networks.is_empty() {
-        let i = h
-            .iface_on_role(spec, NetRole::Management)
-            .filter(|i| i.address.is_some())
-            .ok_or_else(|| {
-                anyhow!(
-                    "no static address on a management network: add an interface on the MGMT network with an address (SSH listens only there)"
-                )
-            })?;
-        out.push((i.name.clone(), i.address.unwrap()));
-    } else {
-        for n in &h.hardening.ssh_networks {
-            let i = h
-                .interfaces
-                .iter()
-                .find(|i| &i.network == n && i.address.is_some())
-                .ok_or_else(|| {
-                    anyhow!("hardening.ssh_networks lists `{n}` but the host has no static address there: add one or drop `{n}`")
-                })?;
-            out.push((i.name.clone(), i.address.unwrap()));
+/// Where sshd listens (the host's derived facts), refused when the spec gives it nowhere to listen.
+fn ssh_listen(h: &Host) -> Result<Vec<(String, IpAddr)>> {
+    let want = h.hardening.ssh_networks.len().max(1);
+    if h.facts.ssh_listen.len() < want {
+        if h.hardening.ssh_networks.is_empty() {
+            bail!("no static address on a management network: add an interface on the MGMT network with an address (SSH listens only there)");
         }
+        let missing: Vec<&str> = h
+            .hardening
+            .ssh_networks
+            .iter()
+            .filter(|n| {
+                !h.interfaces
+                    .iter()
+                    .any(|i| &i.network == *n && i.address.is_some())
+            })
+            .map(|n| n.as_str())
+            .collect();
+        bail!(
+            "hardening.ssh_networks lists `{}` but the host has no static address there: add one or drop it",
+            missing.join("`, `")
+        );
     }
-    Ok(out)
-}
-
-fn admin_names(spec: &Spec, h: &Host) -> Vec<String> {
-    if h.admins.is_empty() {
-        spec.site.admins.iter().map(|a| a.name.clone()).collect()
-    } else {
-        h.admins.clone()
-    }
+    Ok(h.facts.ssh_listen.clone())
 }
 
 pub fn sshd_dropin(spec: &Spec, h: &Host) -> Result<String> {
     let hd = &h.hardening;
-    let listen: Vec<String> = ssh_listen(spec, h)?
+    let listen: Vec<String> = ssh_listen(h)?
         .into_iter()
         .map(|(_, a)| match a {
             IpAddr::V4(_) => a.to_string(),
             IpAddr::V6(_) => format!("[{a}]"),
         })
         .collect();
-    let users = admin_names(spec, h);
+    let users = h.facts.admins.clone();
     if users.is_empty() {
         bail!("no admin users: add [[site.admins]] with SSH keys (root login is disabled)");
     }
@@ -488,7 +479,7 @@ fn user_data(
     dirs: &StackDirs,
 ) -> Result<String> {
     let mut users = Vec::new();
-    for name in admin_names(spec, h) {
+    for name in h.facts.admins.clone() {
         let a = spec
             .site
             .admins

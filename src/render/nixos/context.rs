@@ -75,25 +75,6 @@ fn host_files(spec: &Spec, h: &Host) -> BTreeSet<FileId> {
     files
 }
 
-fn role_of(spec: &Spec, network: &str) -> Option<NetRole> {
-    spec.networks.get(network).map(|n| n.role)
-}
-
-/// Interfaces SSH listens on: `hardening.ssh_networks`, else every management network; static addresses only.
-fn ssh_interfaces<'a>(spec: &Spec, h: &'a Host) -> Vec<&'a Interface> {
-    h.interfaces
-        .iter()
-        .filter(|i| i.address.is_some())
-        .filter(|i| {
-            if h.hardening.ssh_networks.is_empty() {
-                role_of(spec, &i.network) == Some(NetRole::Management)
-            } else {
-                h.hardening.ssh_networks.contains(&i.network)
-            }
-        })
-        .collect()
-}
-
 /// The interface carrying the default route: servers, then management, then any network with a gateway.
 fn default_route_iface<'a>(spec: &Spec, h: &'a Host) -> Option<&'a Interface> {
     let with_gw = |role: Option<NetRole>| {
@@ -200,7 +181,7 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
     }
 
     // ---- ssh ----
-    let ssh_ifaces = ssh_interfaces(spec, h);
+    let ssh_ifaces = h.ssh_interfaces();
     let hd = &h.hardening;
     let listen: Vec<String> = ssh_ifaces
         .iter()
@@ -227,7 +208,7 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
         "ciphers": hd.ciphers,
         "macs": hd.macs,
         "host_key_algorithms": hd.host_key_algorithms.join(","),
-        "allow_users": h.admins,
+        "allow_users": h.facts.admins,
     });
 
     // ---- firewall ----
@@ -338,6 +319,7 @@ pub fn host(spec: &Spec, h: &Host) -> Result<Value> {
     });
 
     let admins: Vec<Value> = h
+        .facts
         .admins
         .iter()
         .filter_map(|a| spec.site.admins.iter().find(|x| &x.name == a))
@@ -526,7 +508,7 @@ pub fn flake(spec: &Spec) -> Result<Value> {
         .iter()
         .copied()
         .filter(|h| h.arch == Arch::X86_64 && !h.board.is_rpi())
-        .filter(|h| !ssh_interfaces(spec, h).is_empty())
+        .filter(|h| !h.ssh_interfaces().is_empty())
         .min_by_key(|h| (h.stacks.len(), h.mounts.len(), h.name.clone()));
     let vm_test = vm.map(|h| vm_test_ctx(spec, h));
     Ok(json!({
@@ -549,7 +531,8 @@ fn vm_test_ctx(spec: &Spec, h: &Host) -> Value {
         .flat_map(|x| x.interfaces.iter().filter_map(|i| i.address))
         .chain(spec.networks.values().filter_map(|n| n.gateway))
         .collect();
-    let ssh_nets: BTreeSet<&str> = ssh_interfaces(spec, h)
+    let ssh_nets: BTreeSet<&str> = h
+        .ssh_interfaces()
         .iter()
         .map(|i| i.network.as_str())
         .collect();
@@ -583,8 +566,8 @@ fn vm_test_ctx(spec: &Spec, h: &Host) -> Value {
     json!({
         "host": h.name,
         "attr": nix_attr(&h.name),
-        "admin": h.admins.first(),
-        "ssh_port": h.hardening.ssh_port,
+        "admin": h.login_user(),
+        "ssh_port": h.facts.ssh_port,
         "nics": nics,
     })
 }
